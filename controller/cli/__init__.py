@@ -1,0 +1,1 @@
+"""The `modctl` command line."""

@@ -1,0 +1,244 @@
+"""The device profile: everything about one device model, as validated data.
+
+Field-level rules live on the section models; this module adds the checks that
+span sections: the modality contract, limits against parameters, and every
+operation and telemetry source against the protocol map.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from controller.modality_contract import CONTRACTS, SESSION_VARIABLES, Modality
+from controller.profile_sections import (
+    Bound,
+    Calibration,
+    Limits,
+    Link,
+    Operations,
+    Parameter,
+    Safety,
+    Step,
+    TelemetrySource,
+)
+from protocols.map_common import Identifier, StrictModel
+from protocols.map_framed import FramedMap
+from protocols.map_modbus import ModbusMap
+from protocols.map_scpi import ScpiMap
+
+PROFILE_FORMAT = 1
+DURATION = "duration_s"
+_TEMPLATE = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+# Relative slack when checking that a value sits on a parameter's step grid.
+STEP_SLACK = 1e-6
+
+ProtocolMap = Annotated[ModbusMap | ScpiMap | FramedMap, Field(discriminator="family")]
+
+
+class Profile(StrictModel):
+    profile_format: Literal[1] = 1
+    spec_version: str = Field(min_length=1)
+    """Revision of the vendor's interface document this profile follows."""
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=40)
+    vendor: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    modality: Modality
+    description: str = ""
+    link: Link
+    protocol: ProtocolMap
+    operations: Operations
+    telemetry: dict[Identifier, str | TelemetrySource]
+    parameters: dict[Identifier, Parameter]
+    limits: Limits
+    rules: dict[Identifier, float] = Field(default_factory=dict)
+    safety: Safety
+    calibration: Calibration | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Profile:
+        problems: list[str] = []
+        problems += self._check_contract()
+        problems += self._check_limits()
+        problems += self._check_defaults()
+        problems += self._check_operations()
+        problems += self._check_telemetry()
+        if self.calibration is not None:
+            entries = self.protocol.entry_names()
+            problems += [f"calibration.adjusts: '{a}' is not an entry of the protocol map"
+                         for a in self.calibration.adjusts if a not in entries]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- helpers used by the controller ---------------------------------------
+    def telemetry_source(self, name: str) -> TelemetrySource:
+        src = self.telemetry[name]
+        return TelemetrySource(source=src) if isinstance(src, str) else src
+
+    def variable_names(self) -> set[str]:
+        return set(self.parameters) | SESSION_VARIABLES
+
+    # -- cross-section checks ---------------------------------------------------
+    def _check_contract(self) -> list[str]:
+        c = CONTRACTS[self.modality]
+        out = []
+        for name in sorted(c.parameters - set(self.parameters)):
+            out.append(f"parameters: '{name}' is required for modality {self.modality}")
+        for name in sorted(c.required_operations - set(self.operations.defined())):
+            out.append(f"operations: '{name}' is required")
+        for name in sorted(c.telemetry - set(self.telemetry)):
+            out.append(f"telemetry: '{name}' is required for modality {self.modality}")
+        for section, names, known in (
+            ("limits.derived", self.limits.derived, c.derived_limits),
+            ("limits.interlocks", self.limits.interlocks, c.interlocks),
+            ("rules", self.rules, c.rules),
+            ("safety.tolerances", self.safety.tolerances, c.tolerances),
+        ):
+            for name in sorted(set(names) - known):
+                allowed = ", ".join(sorted(known)) or "none"
+                out.append(f"{section}: unknown name '{name}' for modality "
+                           f"{self.modality} (allowed: {allowed})")
+        for rname, regime in self.limits.regimes.items():
+            for name in sorted(set(regime.interlocks) - c.interlocks):
+                out.append(f"limits.regimes.{rname}.interlocks: unknown name '{name}'")
+        return out
+
+    def _check_limits(self) -> list[str]:
+        lim, out = self.limits, []
+        limitable = set(self.parameters) | {DURATION}
+        if DURATION not in lim.absolute:
+            out.append(f"limits.absolute: '{DURATION}' is required (the device timer range)")
+        for name, p in self.parameters.items():
+            if p.type != "choice" and p.allowed is None and name not in lim.absolute:
+                out.append(f"limits.absolute: numeric parameter '{name}' needs a range")
+        sections: list[tuple[str, dict[str, Bound]]] = [
+            ("limits.absolute", lim.absolute), ("limits.clinical", lim.clinical)]
+        sections += [(f"limits.regimes.{r}.clinical", g.clinical)
+                     for r, g in lim.regimes.items()]
+        for where, table in sections:
+            for name, bound in table.items():
+                if name not in limitable:
+                    out.append(f"{where}: '{name}' is not a parameter")
+                    continue
+                absolute = lim.absolute.get(name)
+                if where != "limits.absolute" and absolute is not None \
+                        and not bound.inside(absolute):
+                    out.append(f"{where}.{name}: clinical limit {bound.text()} is outside "
+                               f"the absolute limit {absolute.text()}")
+        for rname, regime in lim.regimes.items():
+            if regime.when.parameter not in self.parameters:
+                out.append(f"limits.regimes.{rname}.when: '{regime.when.parameter}' "
+                           "is not a parameter")
+        return out
+
+    def _check_defaults(self) -> list[str]:
+        out = []
+        for name, p in self.parameters.items():
+            if not isinstance(p.default, (int, float)):
+                continue
+            for tier in ("absolute", "clinical"):
+                bound = getattr(self.limits, tier).get(name)
+                if bound is not None and not within(p.default, bound):
+                    out.append(f"parameters.{name}.default: {p.default:g} is outside the "
+                               f"{tier} limit {bound.text()}")
+            base = self.limits.absolute.get(name)
+            if p.step and base is not None and base.min is not None \
+                    and not on_step(p.default, base.min, p.step):
+                out.append(f"parameters.{name}.default: {p.default:g} is not on the "
+                           f"{p.step:g} step from {base.min:g}")
+        return out
+
+    def _check_operations(self) -> list[str]:
+        out: list[str] = []
+        variables = self.variable_names()
+        for op_name, steps in self.operations.defined().items():
+            results: set[str] = set()
+            for i, step in enumerate(steps):
+                where = f"operations.{op_name}[{i}]"
+                out += self._check_step(step, where, variables, results)
+        return out
+
+    def _check_step(self, step: Step, where: str, variables: set[str],
+                    results: set[str]) -> list[str]:
+        pmap, out = self.protocol, []
+        entries = pmap.entry_names()
+        if step.write is not None:
+            takes = pmap.write_args(step.write)
+            if step.write not in entries:
+                out.append(f"{where}.write: '{step.write}' is not in the protocol map")
+            elif takes is None:
+                out.append(f"{where}.write: '{step.write}' cannot be written")
+            else:
+                for arg in sorted(set(step.args) - takes):
+                    out.append(f"{where}.args: '{step.write}' takes no argument '{arg}' "
+                               f"(takes: {', '.join(sorted(takes)) or 'none'})")
+                for arg in sorted(takes - set(step.args) - _optional_args(pmap, step.write)):
+                    out.append(f"{where}.args: '{arg}' is missing for '{step.write}'")
+                results |= pmap.result_keys(step.write)
+        for name in step.read or []:
+            keys = pmap.result_keys(name)
+            if not keys:
+                out.append(f"{where}.read: '{name}' is not a readable entry of the "
+                           "protocol map")
+            results |= keys
+        for arg, value in step.args.items():
+            if isinstance(value, str) and value.startswith("$") \
+                    and value[1:] not in variables:
+                out.append(f"{where}.args.{arg}: unknown variable '{value}'")
+        for key in step.expect:
+            if key not in results:
+                out.append(f"{where}.expect: '{key}' is not a result of this operation")
+        return out
+
+    def _check_telemetry(self) -> list[str]:
+        steps = self.operations.read_telemetry or []
+        available: set[str] = set()
+        for step in steps:
+            for name in step.read or []:
+                available |= self.protocol.result_keys(name)
+            if step.write:
+                available |= self.protocol.result_keys(step.write)
+        out = []
+        for name in self.telemetry:
+            src = self.telemetry_source(name).source
+            for expanded in self.expand_template(src):
+                if expanded not in available:
+                    out.append(f"telemetry.{name}: source '{expanded}' is not read by "
+                               "operations.read_telemetry")
+        return out
+
+    def expand_template(self, text: str) -> list[str]:
+        """Every concrete form of `text` over the allowed values of its `{param}`s."""
+        forms = [text]
+        for var in _TEMPLATE.findall(text):
+            p = self.parameters.get(var)
+            values = (p.allowed if p and p.allowed else
+                      [p.default] if p and p.default is not None else [])
+            forms = [f.replace("{" + var + "}", _fmt(v)) for f in forms for v in values]
+        return forms
+
+
+def within(value: float, bound: Bound) -> bool:
+    return (bound.min is None or value >= bound.min) and \
+        (bound.max is None or value <= bound.max)
+
+
+def on_step(value: float, origin: float, step: float) -> bool:
+    n = (value - origin) / step
+    return abs(n - round(n)) <= STEP_SLACK * max(1.0, abs(n))
+
+
+def _fmt(value: float | str) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _optional_args(pmap: ModbusMap | ScpiMap | FramedMap, entry: str) -> set[str]:
+    if isinstance(pmap, ScpiMap):
+        cmd = pmap.commands[entry]
+        return {f.name for f in cmd.set or [] if f.optional}
+    return set()

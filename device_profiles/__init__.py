@@ -1,0 +1,1 @@
+"""Shipped device profiles: one YAML file per device model, found by id."""

@@ -1,0 +1,109 @@
+"""The serial transport: one open port with bounded reads and writes.
+
+Framing is the engines' job (by length or terminator); pyserial's
+inter_byte_timeout is never used (it does not work on Linux in 3.5). Every
+read has a deadline and every write a timeout, so nothing here can hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import serial
+
+from protocols.errors import LinkLost, LinkTimeout
+
+log = logging.getLogger(__name__)
+
+# Upper bound on one read() call: keeps a read responsive to its deadline.
+MAX_READ_SLICE_S = 0.05
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    baudrate: int
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: int = 1
+    write_timeout_s: float = 0.5
+
+
+class SerialTransport:
+    """An open serial port (device path or pyserial URL)."""
+
+    def __init__(self, port: str, settings: SerialSettings) -> None:
+        self.port_name = port
+        self._timeout = MAX_READ_SLICE_S
+        try:
+            self._port = serial.serial_for_url(
+                port,
+                baudrate=settings.baudrate,
+                bytesize=settings.bytesize,
+                parity=settings.parity,
+                stopbits=settings.stopbits,
+                timeout=self._timeout,
+                write_timeout=settings.write_timeout_s,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise LinkLost(f"cannot open {port}: {exc}") from None
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._port.is_open)
+
+    def write(self, data: bytes) -> None:
+        try:
+            written = self._port.write(data)
+            self._port.flush()
+        except serial.SerialTimeoutException:
+            raise LinkTimeout(f"{self.port_name}: write of {len(data)} bytes timed out") from None
+        except (serial.SerialException, OSError) as exc:
+            raise LinkLost(f"{self.port_name}: write failed: {exc}") from None
+        if written != len(data):
+            raise LinkTimeout(f"{self.port_name}: wrote {written} of {len(data)} bytes")
+
+    def read(self, n: int, deadline: float) -> bytes:
+        """Up to `n` bytes, returning early once `n` arrived or at `deadline` (monotonic)."""
+        buf = bytearray()
+        while len(buf) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._set_timeout(min(remaining, MAX_READ_SLICE_S))
+            try:
+                chunk = self._port.read(n - len(buf))
+            except (serial.SerialException, OSError, TypeError) as exc:
+                # pyserial raises SerialException("device reports readiness to read but
+                # returned no data") when the other end of a pty is gone.
+                raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
+            buf += chunk
+        return bytes(buf)
+
+    def read_available(self) -> bytes:
+        """Whatever is already waiting, without blocking."""
+        try:
+            waiting = self._port.in_waiting
+            return bytes(self._port.read(waiting)) if waiting else b""
+        except (serial.SerialException, OSError, TypeError) as exc:
+            raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
+
+    def discard_input(self) -> None:
+        """Drop stale bytes (a late reply to an earlier, timed-out request)."""
+        try:
+            self._port.reset_input_buffer()
+        except (serial.SerialException, OSError, TypeError) as exc:
+            raise LinkLost(f"{self.port_name}: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self._port.close()
+        except (serial.SerialException, OSError):
+            log.debug("error closing %s", self.port_name, exc_info=True)
+
+    def _set_timeout(self, timeout: float) -> None:
+        # Setting the timeout costs a tcsetattr on some ports: only when it changes.
+        if abs(timeout - self._timeout) > 1e-4:
+            self._port.timeout = timeout
+            self._timeout = timeout

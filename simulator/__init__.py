@@ -1,0 +1,1 @@
+"""Device simulator: the device side of each protocol family, on pseudo-terminals."""
