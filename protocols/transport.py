@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import serial
 
@@ -28,6 +29,22 @@ class SerialSettings:
     parity: str = "N"
     stopbits: int = 1
     write_timeout_s: float = 0.5
+
+
+class Transport(Protocol):
+    """What an engine needs from a port; SerialTransport is the real one."""
+
+    port_name: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def read(self, n: int, deadline: float) -> bytes: ...
+
+    def read_available(self) -> bytes: ...
+
+    def discard_input(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class SerialTransport:
