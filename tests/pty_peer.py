@@ -12,7 +12,7 @@ import select
 import threading
 import tty
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 Responder = Callable[[bytes], bytes]
 # How often the peer thread checks for shutdown.
@@ -52,10 +52,8 @@ class PtyPeer:
         self._stop.set()
         self._thread.join(1.0)
         for fd in (self.master, self.slave):
-            try:
+            with suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 @contextmanager
