@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from controller.modality_contract import CONTRACTS, SESSION_VARIABLES, Modality
 from controller.profile_sections import (
+    CALIBRATION_READINGS,
     Bound,
     Calibration,
     Limits,
@@ -66,9 +67,7 @@ class Profile(StrictModel):
         problems += self._check_operations()
         problems += self._check_telemetry()
         if self.calibration is not None:
-            entries = self.protocol.entry_names()
-            problems += [f"calibration.adjusts: '{a}' is not an entry of the protocol map"
-                         for a in self.calibration.adjusts if a not in entries]
+            problems += self._check_calibration(self.calibration)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -193,14 +192,34 @@ class Profile(StrictModel):
                 out.append(f"{where}.expect: '{key}' is not a result of this operation")
         return out
 
-    def _check_telemetry(self) -> list[str]:
-        steps = self.operations.read_telemetry or []
-        available: set[str] = set()
-        for step in steps:
+    def _check_calibration(self, cal: Calibration) -> list[str]:
+        entries = self.protocol.entry_names()
+        out = [f"calibration.adjusts: '{a}' is not an entry of the protocol map"
+               for a in cal.adjusts if a not in entries]
+        available = self.operation_results("read_calibration") | \
+            self.operation_results("measure_output")
+        for name, src in cal.readings.items():
+            if name not in CALIBRATION_READINGS:
+                out.append(f"calibration.readings: unknown name '{name}' (allowed: "
+                           f"{', '.join(sorted(CALIBRATION_READINGS))})")
+            for expanded in self.expand_template(src):
+                if expanded not in available:
+                    out.append(f"calibration.readings.{name}: source '{expanded}' is not read "
+                               "by operations.read_calibration or measure_output")
+        return out
+
+    def operation_results(self, op_name: str) -> set[str]:
+        """Every result key an operation's steps yield."""
+        out: set[str] = set()
+        for step in self.operations.defined().get(op_name, []):
             for name in step.read or []:
-                available |= self.protocol.result_keys(name)
+                out |= self.protocol.result_keys(name)
             if step.write:
-                available |= self.protocol.result_keys(step.write)
+                out |= self.protocol.result_keys(step.write)
+        return out
+
+    def _check_telemetry(self) -> list[str]:
+        available = self.operation_results("read_telemetry")
         out = []
         for name in self.telemetry:
             src = self.telemetry_source(name).source

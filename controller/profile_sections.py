@@ -226,10 +226,17 @@ class TelemetrySource(StrictModel):
     """Translate raw results (enum names, codes) into the modality's values."""
 
 
+CALIBRATION_READINGS = frozenset({"cal_gain", "cal_offset", "cal_date", "cal_measured"})
+
+
 class Calibration(StrictModel):
     interval_days: int = Field(gt=0, le=3650)
     adjusts: list[Identifier] = Field(min_length=1)
     """Map entries the calibration procedure writes."""
+    readings: dict[Identifier, str] = Field(default_factory=dict)
+    """Where read_calibration / measure_output results hold the calibration values
+    (`cal_gain`, `cal_offset`, `cal_date`) and the device's own measurement
+    (`cal_measured`)."""
     reference: str = ""
     """Reference instrument the technician measures with."""
     method: str = ""

@@ -1,0 +1,34 @@
+"""Shared fixtures: simulated devices on real pseudo-terminals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from controller.profile import Profile
+from controller.profile_loader import resolve_profile
+from simulator.faults import FaultPlan
+from simulator.server import SimulatedDevice
+
+SimFactory = Callable[..., SimulatedDevice]
+
+
+@pytest.fixture
+def sim_device() -> Iterator[SimFactory]:
+    """Start simulated devices: `sim_device("hc-200", silent_at=1.0)`; all stopped at teardown.
+
+    The returned device's `.port` is a real /dev/pts path for pyserial; `.model`
+    is its state (take `.model.lock` to read several fields consistently).
+    """
+    started: list[SimulatedDevice] = []
+
+    def start(profile: str | Profile, **faults: object) -> SimulatedDevice:
+        prof = resolve_profile(profile).profile if isinstance(profile, str) else profile
+        device = SimulatedDevice(prof, FaultPlan(**faults)).start()  # type: ignore[arg-type]
+        started.append(device)
+        return device
+
+    yield start
+    for device in started:
+        device.stop()
