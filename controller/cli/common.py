@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import sys
 
-# Exit statuses (DESIGN §4): a stable contract for scripts and tests.
-EXIT_OK = 0
-EXIT_INVALID = 1          # validation found problems (profiles validate, plan validate)
-EXIT_USAGE = 2            # bad command line
-EXIT_REJECTED = 3         # refused before any output
-EXIT_STOPPED = 4          # stopped early by an operator or the patient
-EXIT_FAULT = 5            # ended by a fault or interlock
-EXIT_INTERNAL = 70        # a bug: reported in one line, never as a traceback
+from controller.exit_codes import (
+    EXIT_FAULT,
+    EXIT_INTERNAL,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+)
+
+__all__ = ["EXIT_FAULT", "EXIT_INTERNAL", "EXIT_INVALID", "EXIT_OK", "EXIT_REJECTED",
+           "EXIT_STOPPED", "EXIT_USAGE", "UsageError", "error"]
 
 
 class UsageError(Exception):

@@ -1,0 +1,147 @@
+"""Run a profile's operations over a protocol engine: the controller's view of a device.
+
+Owned by one session worker. It knows operations, variables and telemetry
+names; the engine knows bytes; the modality code knows what the values mean.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from collections.abc import Mapping
+
+from controller.profile import Profile
+from controller.profile_sections import Step
+from protocols.engine import Engine, EventHandler
+from protocols.errors import ProtocolError
+from protocols.map_common import Scalar
+from protocols.transport import SerialTransport
+
+log = logging.getLogger(__name__)
+
+ENGINES = {
+    "modbus_rtu": "protocols.modbus:ModbusEngine",
+    "scpi_line": "protocols.scpi:ScpiEngine",
+    "framed_binary": "protocols.framed:FramedEngine",
+}
+
+
+class OperationFailed(ProtocolError):
+    """A device answered, but not as the operation expects (identity, confirmation)."""
+
+
+class MissingVariable(ProtocolError):
+    """An operation refers to a variable the session did not supply (a controller bug)."""
+
+
+def open_engine(profile: Profile, port: str) -> Engine:
+    """Open the port with the profile's link settings and the family's engine."""
+    module, _, name = ENGINES[profile.protocol.family].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    transport = SerialTransport(port, profile.link.settings())
+    try:
+        engine: Engine = cls(transport, profile.protocol, profile.link.reply_timeout_s,
+                             profile.safety.retry_budget)
+    except Exception:
+        transport.close()
+        raise
+    return engine
+
+
+class DeviceLink:
+    def __init__(self, profile: Profile, engine: Engine) -> None:
+        self.profile = profile
+        self.engine = engine
+        # Telemetry source per name, with `{var}` templates expanded once per session.
+        self._telemetry_keys: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, profile: Profile, port: str) -> DeviceLink:
+        return cls(profile, open_engine(profile, port))
+
+    def has(self, op: str) -> bool:
+        return op in self.profile.operations.defined()
+
+    def run(self, op: str, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        """Run every step of an operation; results of all its reads, expectations checked."""
+        steps = self.profile.operations.defined().get(op)
+        if steps is None:
+            raise OperationFailed(f"profile {self.profile.id} has no '{op}' operation")
+        results: dict[str, Scalar] = {}
+        for step in steps:
+            args = self._resolve(step, variables)
+            if step.write is not None:
+                results.update(self.engine.write(step.write, args))
+            else:
+                assert step.read is not None
+                results.update(self.engine.read(step.read, args or None))
+            self._check_expect(op, step, results)
+        return results
+
+    def telemetry(self, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        """Read telemetry and translate it to the modality's names."""
+        raw = self.run("read_telemetry", variables)
+        out: dict[str, Scalar] = {}
+        for name in self.profile.telemetry:
+            key = self._telemetry_keys.get(name)
+            if key is None:
+                key = _expand(self.profile.telemetry_source(name).source, variables)
+                self._telemetry_keys[name] = key
+            value = raw[key]
+            mapping = self.profile.telemetry_source(name).map
+            if mapping is not None:
+                value = mapping.get(_text(value), value)
+            out[name] = value
+        return out
+
+    def set_event_handler(self, handler: EventHandler | None) -> None:
+        self.engine.set_event_handler(handler)
+
+    def poll_events(self) -> None:
+        self.engine.poll_events()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _resolve(self, step: Step, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        args: dict[str, Scalar] = {}
+        for name, value in step.args.items():
+            if isinstance(value, str) and value.startswith("$"):
+                var = value[1:]
+                if var not in variables:
+                    raise MissingVariable(f"operation needs '{value}' for argument '{name}'")
+                args[name] = variables[var]
+            else:
+                args[name] = value
+        return args
+
+    def _check_expect(self, op: str, step: Step, results: dict[str, Scalar]) -> None:
+        for key, want in step.expect.items():
+            got = results.get(key)
+            if not _equal(got, want):
+                raise OperationFailed(f"{op}: {key} is {got!r}, expected {want!r}")
+
+
+def _expand(source: str, variables: Mapping[str, Scalar]) -> str:
+    for name, value in variables.items():
+        token = "{" + name + "}"
+        if token in source:
+            source = source.replace(token, _text(value))
+    return source
+
+
+def _text(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _equal(got: Scalar | None, want: Scalar) -> bool:
+    if got is None:
+        return False
+    if isinstance(want, str) or isinstance(got, str):
+        return str(got).strip() == str(want).strip()
+    return math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-9)

@@ -1,0 +1,495 @@
+"""One timed session on one device: the worker that owns the link and the machine.
+
+Everything that touches the device happens on the worker thread. Other threads
+(signal handlers, the display, a plan runner) only call `request_stop`, which
+posts to the worker's queue. The planned end and every timeout are on the
+injected monotonic clock; a wall-clock change cannot move them. Every path out
+of an output — planned end, operator, patient, interlock, fault, a bug — goes
+through `_stop_output`, which commands the output off and confirms it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controller import session_checks as checks
+from controller.device_link import DeviceLink
+from controller.modality import FACT_ERA, DoseMeter, modality_for
+from controller.modality_ultrasound import UltrasoundDoseMeter
+from controller.prescription import Prescription, PrescriptionRejected, apply_device_facts
+from controller.profile import Profile
+from controller.records import RecordsError, RecordStore
+from controller.session_checks import Verdict
+from controller.session_machine import ACTIVE_OUTPUT, SessionState, build_machine
+from controller.session_report import SessionReport, TimelineEvent
+from protocols.engine import DeviceEvent
+from protocols.errors import ProtocolError
+from protocols.map_common import Scalar
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+LinkFactory = Callable[[Profile, str], DeviceLink]
+UpdateHook = Callable[[dict[str, Any]], None]
+
+# No telemetry poll starts this close to the planned end, so the stop never
+# waits behind a poll (a poll with retries can take several reply timeouts).
+POLL_GUARD_S = 0.03
+# A controlled stop (operator, planned end) ramps down this fast where the device
+# supports a ramp; short enough for the 200 ms operator-stop target.
+CONTROLLED_RAMP_DOWN_S = 0.05
+# How often the output state is read while confirming a stop.
+CONFIRM_POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    source: str          # operator | patient
+    emergency: bool
+    reason: str
+
+
+class _Reject(Exception):
+    pass
+
+
+class Session:
+    """A session ready to run. `start()` runs it on a worker thread; `wait()` for the report."""
+
+    def __init__(self, profile: Profile, prescription: Prescription, port: str, *,
+                 store: RecordStore | None = None, operator: str = "", patient: str | None = None,
+                 clock: Clock = time.monotonic, link_factory: LinkFactory = DeviceLink.open,
+                 on_update: UpdateHook | None = None) -> None:
+        self.profile = profile
+        self.rx = prescription
+        self.port = port
+        self.store = store
+        self.operator = operator
+        self.patient = patient
+        self.clock = clock
+        self._link_factory = link_factory
+        self._on_update = on_update
+        self._requests: queue.Queue[StopRequest | None] = queue.Queue()
+        self._device_events: list[DeviceEvent] = []
+        self.state = SessionState()
+        self._machine = build_machine(self.state, after_state_change=self._state_changed)
+        self.link: DeviceLink | None = None
+        self.session_id = ""
+        self.events: list[TimelineEvent] = []
+        self.identity: dict[str, Scalar] = {}
+        self.meter: DoseMeter | None = None
+        self.t0 = 0.0
+        self.t_start: float | None = None       # when the start command was sent
+        self.t_off: float | None = None         # best estimate of when the output stopped
+        self.stop_confirmed: bool | None = None
+        self.last_telemetry: dict[str, Scalar] = {}
+        self._last_ok = 0.0
+        self._thread: threading.Thread | None = None
+        self.report: SessionReport | None = None
+        self.variables = self._variables()
+
+    # -- public API (any thread) ------------------------------------------------------
+    def request_stop(self, source: str = "operator", emergency: bool = False,
+                     reason: str = "") -> None:
+        """Ask the worker to stop; safe from signal handlers and other threads."""
+        self._requests.put(StopRequest(source, emergency, reason or f"{source} stop"))
+
+    def start(self) -> Session:
+        self._thread = threading.Thread(target=self.run, name=f"session {self.profile.id}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> SessionReport | None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.report
+
+    def time_remaining(self) -> float | None:
+        if self.t_start is None or self.t_off is not None:
+            return None
+        return max(0.0, self._planned_end() - self.clock())
+
+    # -- the worker ---------------------------------------------------------------------
+    def run(self) -> SessionReport:
+        self.t0 = self.clock()
+        try:
+            self._open_record()
+            self._connect()
+            self._identify()
+            self._start_output()
+            verdict, emergency = self._deliver()
+            self._stop_output(verdict, emergency)
+        except _Done:
+            pass
+        except _Reject as exc:
+            self._reject(str(exc))
+        except Exception as exc:
+            log.debug("session failed", exc_info=True)
+            what = "communication" if isinstance(exc, ProtocolError) else "internal error"
+            self._fail(Verdict(checks.FAULT, checks.BY_CONTROLLER, f"{what}: {exc}"))
+        finally:
+            if self.link is not None:
+                self.link.close()
+        return self._finish()
+
+    def _open_record(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self.session_id = self.store.open_session(
+                profile=self.profile.id, port=self.port, identity={}, operator=self.operator,
+                patient=self.patient, prescription=self.rx.record(),
+                planned_s=self.rx.duration_s)
+        except RecordsError as exc:
+            # Nothing may run that cannot be recorded.
+            raise _Reject(f"records unavailable: {exc}") from None
+
+    def _connect(self) -> None:
+        try:
+            self.link = self._link_factory(self.profile, self.port)
+        except ProtocolError as exc:
+            self.state.outcome, self.state.stop_source = checks.FAULT, ""
+            self.state.reason = f"cannot open {self.port}: {exc}"
+            self._event("fault", {"reason": self.state.reason})
+            self.state.trigger("fail")
+            raise _Done() from None
+        self.link.set_event_handler(self._device_events.append)
+        self.state.trigger("connected")
+
+    def _identify(self) -> None:
+        assert self.link is not None
+        self.identity = self.link.run("identify", self.variables)
+        self._event("reply", {"op": "identify", "identity": _plain(self.identity)})
+        telemetry = self.link.telemetry(self.variables)
+        problem = checks.latched_fault(self.profile, telemetry)
+        if problem:
+            raise _Reject(f"device not ready: {problem}")
+        facts: dict[str, float] = {}
+        era = telemetry.get("era_cm2")
+        if isinstance(era, (int, float)) and not isinstance(era, bool):
+            facts[FACT_ERA] = float(era)
+        try:
+            self.rx = apply_device_facts(self.profile, self.rx, facts)
+        except PrescriptionRejected as exc:
+            raise _Reject("; ".join(exc.messages())) from None
+        self.meter = modality_for(self.profile).dose_meter(self.rx, facts, clock=self.clock)
+        self.state.trigger("identified")
+
+    def _start_output(self) -> None:
+        assert self.link is not None
+        for op in ("configure", "arm"):
+            self.link.run(op, self.variables)
+            self._event("command", {"op": op, "watchdog_s": self.variables["watchdog_s"],
+                                    "timer_s": self.variables["timer_s"]}
+                        if op == "arm" else {"op": op})
+        # From here the output may be on: every exit path stops it.
+        self.t_start = self.clock()
+        self.link.run("start", self.variables)
+        self._last_ok = self.clock()
+        if isinstance(self.meter, UltrasoundDoseMeter):
+            self.meter.hold.start(self.t_start)
+        self.state.trigger("output_started")
+        self._event("command", {"op": "start", "planned_s": self.rx.duration_s})
+
+    def _deliver(self) -> tuple[Verdict, bool]:
+        """Run until something ends the output; returns why, and whether to e-stop."""
+        assert self.link is not None and self.t_start is not None
+        period = self.profile.safety.poll_period_s
+        next_poll = self.clock()
+        ramp_s = float(self.variables.get("ramp_up_s", 0) or 0)
+        if ramp_s <= 0:
+            self.state.trigger("ramp_complete")
+        while True:
+            now = self.clock()
+            verdict = self._pending_verdict()
+            if verdict is not None:
+                return verdict
+            end = self._planned_end()
+            if now >= end - self._stop_lead():
+                return Verdict(checks.COMPLETED, checks.BY_CONTROLLER,
+                               "planned duration delivered"), False
+            if now >= next_poll and end - now > POLL_GUARD_S:
+                found = self._poll(now, ramp_s)
+                if found is not None:
+                    return found, False
+                next_poll += period
+                if next_poll <= now:
+                    next_poll = now + period
+            elif now - self._last_ok > self.profile.safety.stale_after_s:
+                return Verdict(checks.FAULT, checks.BY_CONTROLLER,
+                               f"stale telemetry: nothing valid for {now - self._last_ok:.2f} s"
+                               ), False
+            wake = min(next_poll, self._planned_end() - self._stop_lead())
+            self._wait(wake - self.clock())
+            self.link.poll_events()
+
+    def _poll(self, now: float, ramp_s: float) -> Verdict | None:
+        assert self.link is not None and self.meter is not None and self.t_start is not None
+        try:
+            t = self.link.telemetry(self.variables)
+        except ProtocolError as exc:
+            return Verdict(checks.FAULT, checks.BY_CONTROLLER, f"communication: {exc}")
+        at = self.clock()
+        self._last_ok = at
+        self.last_telemetry = t
+        self.meter.add_sample(at, t)
+        if self.store is not None and self.session_id:
+            self.store.add_sample(self.session_id, _plain(t), t_s=at - self.t0,
+                                  delivered_s=self._delivered(at), dose=self.meter.figures())
+        if not checks.output_running(self.profile, t):
+            self.t_off = at
+            return checks.explain_stop(self.profile, t)
+        reason = self.meter.check(t)
+        if reason is not None:
+            return Verdict(checks.FAULT, checks.BY_INTERLOCK, reason)
+        verdict = checks.verify(self.profile, self.rx, t)
+        if verdict is not None:
+            return verdict
+        self._follow_state(t, at, ramp_s)
+        if self._on_update is not None:
+            self._on_update(self.snapshot())
+        return None
+
+    def _follow_state(self, t: Mapping[str, object], at: float, ramp_s: float) -> None:
+        assert self.t_start is not None
+        state = self.state.state
+        if state == "ramping" and (t.get("channel_state") == "running"
+                                   or at - self.t_start >= ramp_s):
+            self.state.trigger("ramp_complete")
+        elif state == "delivering" and t.get("state") == "holding":
+            self.state.trigger("contact_lost")
+        elif state == "holding" and t.get("state") == "running":
+            self.state.trigger("contact_restored")
+
+    def _pending_verdict(self) -> tuple[Verdict, bool] | None:
+        while self._device_events:
+            event = self._device_events.pop(0)
+            self._event("reply", {"event": event.kind, **_plain(event.fields)})
+            channel = self.variables.get("channel")
+            verdict = checks.event_verdict(self.profile, event,
+                                           int(channel) if channel is not None else None)
+            if verdict is not None:
+                self.t_off = event.received_at
+                return verdict, False
+        try:
+            req = self._requests.get_nowait()
+        except queue.Empty:
+            return None
+        if req is None:
+            return None
+        source = checks.BY_PATIENT if req.source == "patient" else checks.BY_OPERATOR
+        return Verdict(checks.ABORTED, source, req.reason), req.emergency
+
+    def _wait(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        try:
+            item = self._requests.get(timeout=timeout)
+        except queue.Empty:
+            return
+        if item is not None:
+            self._requests.put(item)    # handled at the top of the loop, in order
+
+    # -- stopping -----------------------------------------------------------------------
+    def _stop_output(self, verdict: Verdict, emergency: bool) -> None:
+        """Command the output off, confirm it, and decide the outcome."""
+        self.state.outcome, self.state.stop_source = verdict.outcome, verdict.stop_source
+        self.state.reason = verdict.reason
+        ramped = verdict.outcome != checks.FAULT and not emergency
+        t_cmd = self.clock()
+        self._command_stop(emergency, immediate=not ramped)
+        if self.state.state in ACTIVE_OUTPUT:
+            self.state.trigger("end_output")
+        elif self.state.state in ("identifying", "arming"):
+            self.state.trigger("fail")
+        if self.t_start is None:
+            self.state.stop_source = ""
+        elif self.t_off is None:
+            self.t_off = t_cmd + (self._stop_lead() if ramped else 0.0)
+        self._event("decision", {"outcome": verdict.outcome, "stop_source": verdict.stop_source,
+                                 "reason": verdict.reason, "emergency": emergency})
+        self.stop_confirmed = self._confirm_stopped()
+        if not self.stop_confirmed:
+            # Doubt is a fault: a session whose stop is unconfirmed never reads "completed".
+            self.state.outcome = checks.FAULT
+            self.state.reason += "; stop not confirmed by device"
+            if self.t_start is not None and self.state.stop_source in (checks.BY_CONTROLLER, ""):
+                # We could not reach the device: its own watchdog is what stops it.
+                self.state.stop_source = checks.BY_DEVICE_WATCHDOG
+            self._event("fault", {"reason": "stop not confirmed by device"})
+        self.state.trigger("stop_done")
+
+    def _command_stop(self, emergency: bool, immediate: bool) -> None:
+        """Send the stop first, record it after: a record write may wait on the disk.
+
+        A controlled stop ramps down where the device can; a fault stops at once
+        without latching the device (an e-stop latches on some devices); the
+        e-stop is the operator's choice and the fallback when a stop fails.
+        """
+        if self.link is None:
+            return
+        ops = ["emergency_stop"] if emergency else ["stop", "emergency_stop"]
+        variables = dict(self.variables)
+        if immediate:
+            variables["ramp_down_s"] = 0.0
+        errors = []
+        for op in ops:
+            try:
+                self.link.run(op, variables)
+                self._event("command", {"op": op, "ramp_down_s": variables["ramp_down_s"]})
+                return
+            except ProtocolError as exc:
+                errors.append(f"{op}: {exc}")
+        self._event("fault", {"reason": "stop command failed", "errors": errors})
+
+    def _confirm_stopped(self) -> bool:
+        if self.link is None:
+            return False
+        deadline = self.clock() + self.profile.safety.stop_confirm_timeout_s
+        while True:
+            try:
+                t = self.link.telemetry(self.variables)
+                self.last_telemetry = t
+                if self.meter is not None:
+                    self.meter.add_sample(self.clock(), t)
+                if not checks.output_running(self.profile, t):
+                    self._event("reply", {"op": "confirm_stop", "output_on": False})
+                    return True
+            except ProtocolError as exc:
+                log.debug("confirming stop: %s", exc)
+            if self.clock() >= deadline:
+                return False
+            time.sleep(CONFIRM_POLL_S)
+
+    def _fail(self, verdict: Verdict) -> None:
+        """A failure anywhere: if an output may be on, stop it; record why."""
+        st = self.state.state
+        try:
+            if st in ("completed", "aborted", "fault", "rejected"):
+                return
+            if st == "connecting":
+                self.state.outcome, self.state.reason = verdict.outcome, verdict.reason
+                self.state.trigger("fail")
+            elif st == "stopping":
+                self.state.outcome = checks.FAULT
+                self.state.reason += f"; then {verdict.reason}"
+                self.stop_confirmed = False
+                self.state.trigger("stop_done")
+            else:
+                self._stop_output(verdict, emergency=False)
+        except Exception:
+            log.exception("session failure handling failed; sending emergency stop")
+            self.state.outcome = checks.FAULT
+            self.state.reason = f"{verdict.reason}; internal error while stopping"
+            self.stop_confirmed = False
+            if self.link is not None:
+                try:
+                    self.link.run("emergency_stop", self.variables)
+                except Exception:
+                    log.exception("emergency stop failed")
+
+    def _reject(self, reason: str) -> None:
+        self.state.outcome, self.state.reason, self.state.stop_source = \
+            checks.REJECTED, reason, ""
+        self._event("decision", {"outcome": "rejected", "reason": reason})
+        self.state.trigger("reject")
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _planned_end(self) -> float:
+        assert self.t_start is not None
+        if isinstance(self.meter, UltrasoundDoseMeter) and self.meter.hold.started:
+            return self.meter.hold.end_time(self.clock())
+        return self.t_start + self.rx.duration_s
+
+    def _stop_lead(self) -> float:
+        """Start a ramped stop early so the output reaches zero at the planned end."""
+        return float(self.variables.get("ramp_down_s", 0.0)) if self._stop_ramps else 0.0
+
+    @property
+    def _stop_ramps(self) -> bool:
+        steps = self.profile.operations.stop or []
+        return any(v == "$ramp_down_s" for s in steps for v in s.args.values())
+
+    def _delivered(self, now: float) -> float:
+        if self.t_start is None:
+            return 0.0
+        end = self.t_off if self.t_off is not None else now
+        total = max(0.0, end - self.t_start)
+        if isinstance(self.meter, UltrasoundDoseMeter):
+            return min(total, self.meter.hold.treatment_s(end))
+        return total
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        return {"state": self.state.state, "remaining_s": self.time_remaining(),
+                "delivered_s": self._delivered(now), "telemetry": dict(self.last_telemetry),
+                "dose": self.meter.figures() if self.meter else {}}
+
+    def _variables(self) -> dict[str, Scalar]:
+        safety = self.profile.safety
+        out: dict[str, Scalar] = dict(self.rx.device_values)
+        out.update(self.rx.session_values)
+        out["watchdog_s"] = safety.watchdog_s
+        # Device timers count whole seconds: round up so the controller ends first.
+        out["timer_s"] = float(math.ceil(self.rx.duration_s + safety.timer_margin_s))
+        out["ramp_down_s"] = CONTROLLED_RAMP_DOWN_S
+        out.setdefault("ramp_up_s", 0.0)
+        if "channel" in out:
+            out["channel_mask"] = float(1 << int(out["channel"]))
+        return out
+
+    def _state_changed(self) -> None:
+        self._event("state", {"state": self.state.state})
+
+    def _event(self, kind: str, detail: dict[str, Any]) -> None:
+        t = self.clock() - self.t0
+        self.events.append(TimelineEvent(round(t, 4), kind, detail))
+        if self.store is not None and self.session_id:
+            try:
+                self.store.add_event(self.session_id, kind, _plain(detail), t_s=t,
+                                     delivered_s=self._delivered(self.clock()),
+                                     dose=self.meter.figures() if self.meter else None)
+            except RecordsError as exc:
+                # Never let a records failure keep an output running: fault the session.
+                log.error("records: %s", exc)
+                if self.state.state in ACTIVE_OUTPUT:
+                    self._requests.put(StopRequest("operator", True, f"records failed: {exc}"))
+
+    def _finish(self) -> SessionReport:
+        outcome = self.state.outcome or checks.FAULT
+        delivered = self._delivered(self.clock())
+        dose = self.meter.figures() if self.meter is not None else {}
+        report = SessionReport(
+            session_id=self.session_id, outcome=outcome, reason=self.state.reason,
+            profile=self.profile.id, device={"port": self.port, **_plain(self.identity)},
+            prescription=self.rx.record(), planned_s=self.rx.duration_s,
+            delivered_s=round(delivered, 3), stop_source=self.state.stop_source, dose=dose,
+            events=self.events, stop_confirmed=self.stop_confirmed,
+            output_started=self.t_start is not None)
+        if self.store is not None and self.session_id:
+            try:
+                self.store.close_session(self.session_id, outcome, self.state.reason,
+                                         self.state.stop_source or None, delivered, dose)
+            except RecordsError as exc:
+                report.reason += f"; records: {exc}"
+        self.report = report
+        return report
+
+
+class _Done(Exception):
+    """The session has already reached a terminal state."""
+
+
+def _plain(values: Mapping[str, object]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        out[str(k)] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out

@@ -1,0 +1,169 @@
+"""Per-modality judgement of telemetry and device events during a session.
+
+Three questions, asked on every sample while output should run: does the
+device still deliver what was commanded (within the profile's tolerances)?
+If the output is off, who or what stopped it? Does an event end the session?
+Interlocks on measured values (pad temperature, applicator, impedance) are
+the dose meters' job (`controller.modality`); this module reads the device's
+own state and flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from controller.prescription import Prescription
+from controller.profile import Profile
+from protocols.engine import DeviceEvent
+
+# Outcomes and who ended the output (DESIGN §4).
+COMPLETED, ABORTED, FAULT, REJECTED = "completed", "aborted", "fault", "rejected"
+BY_CONTROLLER, BY_DEVICE_TIMER, BY_DEVICE_WATCHDOG = "controller", "device_timer", \
+    "device_watchdog"
+BY_INTERLOCK, BY_OPERATOR, BY_PATIENT = "interlock", "operator", "patient"
+
+US_FAULTS = {1: "applicator over-temperature", 2: "applicator missing",
+             3: "watchdog expired", 4: "internal fault"}
+THERMAL_FAULTS = {1: "sensor open", 2: "sensor short", 3: "over-temperature trip",
+                  4: "under-temperature trip", 5: "pad disconnected", 6: "internal fault"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str
+    stop_source: str
+    reason: str
+
+
+def output_running(profile: Profile, t: Mapping[str, object]) -> bool:
+    return bool(t.get("output_on"))
+
+
+def explain_stop(profile: Profile, t: Mapping[str, object]) -> Verdict:
+    """Why the device's output is off when the controller did not stop it."""
+    m = profile.modality
+    if m == "thermal":
+        code = _int(t.get("fault_code"))
+        if t.get("watchdog_expired"):
+            return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
+        if t.get("timer_expired"):
+            return Verdict(FAULT, BY_DEVICE_TIMER, "device session timer ended the output")
+        if t.get("trip_high"):
+            return Verdict(FAULT, BY_INTERLOCK, "over-temperature: device trip latched")
+        if t.get("trip_low"):
+            return Verdict(FAULT, BY_INTERLOCK, "under-temperature: device trip latched")
+        if t.get("pad_connected") is False:
+            return Verdict(FAULT, BY_INTERLOCK, "pad off: the pad is disconnected")
+        if code:
+            return Verdict(FAULT, BY_INTERLOCK,
+                           f"device fault {code}: {THERMAL_FAULTS.get(code, 'unknown')}")
+    elif m == "ultrasound":
+        code = _int(t.get("fault_code"))
+        if code == 3:
+            return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
+        if code == 1:
+            return Verdict(FAULT, BY_INTERLOCK, "applicator too hot: device fault 1")
+        if code:
+            return Verdict(FAULT, BY_INTERLOCK,
+                           f"device fault {code}: {US_FAULTS.get(code, 'unknown')}")
+        if t.get("state") == "done":
+            return Verdict(FAULT, BY_DEVICE_TIMER, "device session timer ended the output")
+    elif m == "tens":
+        if t.get("channel_state") == "lead_off":
+            return Verdict(FAULT, BY_INTERLOCK, "lead off: the device stopped the channel")
+        if t.get("patient_stop"):
+            return Verdict(ABORTED, BY_PATIENT, "patient stop switch pressed")
+        if t.get("watchdog_expired"):
+            return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
+        if t.get("estop_latched"):
+            return Verdict(FAULT, BY_INTERLOCK, "device e-stop latched (over-current or "
+                                                "patient stop)")
+        if _int(t.get("remaining_s")) == 0:
+            return Verdict(FAULT, BY_DEVICE_TIMER, "device session timer ended the output")
+    return Verdict(FAULT, BY_INTERLOCK, "the device stopped the output for no reported reason")
+
+
+def latched_fault(profile: Profile, t: Mapping[str, object]) -> str | None:
+    """A latched fault reported at identification: no output may start."""
+    m = profile.modality
+    if m == "thermal":
+        code = _int(t.get("fault_code"))
+        if t.get("trip_high") or t.get("trip_low") or code:
+            return f"device reports a latched fault ({THERMAL_FAULTS.get(code, 'trip')})"
+        if t.get("pad_connected") is False:
+            return "the pad is not connected"
+    elif m == "ultrasound":
+        code = _int(t.get("fault_code"))
+        if t.get("state") == "fault" or code:
+            return f"device reports fault {code} ({US_FAULTS.get(code, 'unknown')})"
+    elif m == "tens" and t.get("estop_latched"):
+        return "device e-stop is latched"
+    if t.get("output_on"):
+        return "the device output is already on (left running by another controller?)"
+    return None
+
+
+def verify(profile: Profile, rx: Prescription, t: Mapping[str, object]) -> Verdict | None:
+    """Telemetry against what was commanded, within the profile's tolerances."""
+    tol = profile.safety.tolerances
+    m, v = profile.modality, rx.values
+    problem = None
+    if m == "thermal" and "setpoint_c" in tol:
+        problem = _mismatch("setpoint", t.get("setpoint_c"), v.get("temperature_c"),
+                            tol["setpoint_c"], "degC")
+    elif m == "ultrasound":
+        if "intensity_w_cm2" in tol:
+            problem = _mismatch("intensity", t.get("intensity_w_cm2"),
+                                v.get("intensity_w_cm2"), tol["intensity_w_cm2"], "W/cm2")
+        power, era = _float(t.get("power_w")), _float(t.get("era_cm2"))
+        if problem is None and "power_rel" in tol and t.get("state") == "running" \
+                and power is not None and era:
+            expected = float(v["intensity_w_cm2"]) * era * float(v["duty_pct"]) / 100.0
+            if expected > 0 and abs(power - expected) > tol["power_rel"] * expected:
+                problem = (f"measured power {power:.2f} W is not the commanded "
+                           f"{expected:.2f} W (tolerance {tol['power_rel']:.0%})")
+    elif m == "tens" and "amplitude_ma" in tol and t.get("channel_state") == "running":
+        problem = _mismatch("delivered amplitude", t.get("amplitude_ma"),
+                            v.get("amplitude_ma"), tol["amplitude_ma"], "mA")
+    return None if problem is None else Verdict(FAULT, BY_CONTROLLER, problem)
+
+
+def event_verdict(profile: Profile, event: DeviceEvent, channel: int | None) -> Verdict | None:
+    """What an unsolicited device event means for this session (None: not ours)."""
+    ev_channel = event.fields.get("channel")
+    mine = channel is None or ev_channel in (None, 0xFF, channel)
+    value = event.fields.get("value")
+    if event.kind == "patient_stop":
+        return Verdict(ABORTED, BY_PATIENT, "patient stop switch pressed")
+    if event.kind == "watchdog_expired":
+        return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
+    if not mine:
+        return None
+    if event.kind == "lead_off":
+        return Verdict(FAULT, BY_INTERLOCK, f"lead off (electrode impedance {value} ohm)")
+    if event.kind == "over_current":
+        return Verdict(FAULT, BY_INTERLOCK, f"over-current ({value} x 0.1 mA); e-stop latched")
+    if event.kind == "session_complete":
+        return Verdict(FAULT, BY_DEVICE_TIMER, "device session timer ended the output")
+    return Verdict(FAULT, BY_INTERLOCK, f"device event {event.kind} ({event.fields})")
+
+
+def _mismatch(what: str, got: object, want: object, tol: float, unit: str) -> str | None:
+    g, w = _float(got), _float(want)
+    if g is None or w is None:
+        return f"{what}: device reports {got!r}, commanded {want!r}"
+    if abs(g - w) > tol:
+        return f"{what}: device reports {g:g} {unit}, commanded {w:g} {unit} (tolerance {tol:g})"
+    return None
+
+
+def _float(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _int(value: object) -> int:
+    f = _float(value)
+    return int(f) if f is not None else 0
