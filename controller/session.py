@@ -101,6 +101,10 @@ class Session:
         """Ask the worker to stop; safe from signal handlers and other threads."""
         self._requests.put(StopRequest(source, emergency, reason or f"{source} stop"))
 
+    def wake(self) -> None:
+        """Wake the worker early (a periodic APScheduler job); it re-checks its deadlines."""
+        self._requests.put(None)
+
     def start(self) -> Session:
         self._thread = threading.Thread(target=self.run, name=f"session {self.profile.id}",
                                         daemon=True)

@@ -8,6 +8,9 @@ read has a deadline and every write a timeout, so nothing here can hang.
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import termios
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +23,19 @@ log = logging.getLogger(__name__)
 
 # Upper bound on one read() call: keeps a read responsive to its deadline.
 MAX_READ_SLICE_S = 0.05
+# Character-device majors of Unix98 pseudo-terminal slaves (Linux devices.txt).
+PTY_SLAVE_MAJORS = range(136, 144)
+# termios.error is not an OSError: every port failure is caught as one of these.
+PORT_ERRORS = (serial.SerialException, OSError, termios.error, TypeError, ValueError)
+
+
+def is_pseudo_terminal(port: str) -> bool:
+    """True for /dev/pts/N: no UART behind it, so parity and baud rate do not exist."""
+    try:
+        st = os.stat(port)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in PTY_SLAVE_MAJORS
 
 
 @dataclass(frozen=True)
@@ -53,17 +69,22 @@ class SerialTransport:
     def __init__(self, port: str, settings: SerialSettings) -> None:
         self.port_name = port
         self._timeout = MAX_READ_SLICE_S
+        parity = settings.parity
+        if parity != serial.PARITY_NONE and is_pseudo_terminal(port):
+            # Linux ptys refuse PARENB (EINVAL) and would not emulate it anyway.
+            log.info("%s is a pseudo-terminal: parity %s not applied", port, parity)
+            parity = serial.PARITY_NONE
         try:
             self._port = serial.serial_for_url(
                 port,
                 baudrate=settings.baudrate,
                 bytesize=settings.bytesize,
-                parity=settings.parity,
+                parity=parity,
                 stopbits=settings.stopbits,
                 timeout=self._timeout,
                 write_timeout=settings.write_timeout_s,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except PORT_ERRORS as exc:
             raise LinkLost(f"cannot open {port}: {exc}") from None
 
     @property
@@ -76,7 +97,7 @@ class SerialTransport:
             self._port.flush()
         except serial.SerialTimeoutException:
             raise LinkTimeout(f"{self.port_name}: write of {len(data)} bytes timed out") from None
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             raise LinkLost(f"{self.port_name}: write failed: {exc}") from None
         if written != len(data):
             raise LinkTimeout(f"{self.port_name}: wrote {written} of {len(data)} bytes")
@@ -88,10 +109,10 @@ class SerialTransport:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self._set_timeout(min(remaining, MAX_READ_SLICE_S))
             try:
+                self._set_timeout(min(remaining, MAX_READ_SLICE_S))
                 chunk = self._port.read(n - len(buf))
-            except (serial.SerialException, OSError, TypeError) as exc:
+            except PORT_ERRORS as exc:
                 # pyserial raises SerialException("device reports readiness to read but
                 # returned no data") when the other end of a pty is gone.
                 raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
@@ -103,20 +124,20 @@ class SerialTransport:
         try:
             waiting = self._port.in_waiting
             return bytes(self._port.read(waiting)) if waiting else b""
-        except (serial.SerialException, OSError, TypeError) as exc:
+        except PORT_ERRORS as exc:
             raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
 
     def discard_input(self) -> None:
         """Drop stale bytes (a late reply to an earlier, timed-out request)."""
         try:
             self._port.reset_input_buffer()
-        except (serial.SerialException, OSError, TypeError) as exc:
+        except PORT_ERRORS as exc:
             raise LinkLost(f"{self.port_name}: {exc}") from None
 
     def close(self) -> None:
         try:
             self._port.close()
-        except (serial.SerialException, OSError):
+        except PORT_ERRORS:
             log.debug("error closing %s", self.port_name, exc_info=True)
 
     def _set_timeout(self, timeout: float) -> None:

@@ -1,0 +1,170 @@
+"""`modctl session run PROFILE --port PORT --duration DUR --set NAME=VALUE ... [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error
+from controller.cli.live_display import LiveDisplay
+from controller.prescription import (
+    DurationError,
+    PrescriptionRejected,
+    SettingsError,
+    build_prescription,
+    parse_duration,
+    parse_settings,
+)
+from controller.profile import Profile
+from controller.profile_loader import ProfileError, resolve_profile
+from controller.records import RecordsError, RecordStore, default_db_path
+from controller.scheduling import every, make_scheduler
+from controller.session import Session
+from controller.session_report import SessionReport
+
+# How often the terminal display refreshes and buffered telemetry is flushed.
+DISPLAY_PERIOD_S = 0.25
+FLUSH_PERIOD_S = 1.0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("session", help="run a timed treatment session",
+                       description="Timed treatment sessions on one device.")
+    ps = p.add_subparsers(dest="session_cmd", required=True, metavar="COMMAND")
+    run = ps.add_parser(
+        "run", help="run one timed session (blocks until it ends)",
+        description="Run one timed session. Ctrl-C or SIGTERM stops it in a controlled "
+                    "way; a second Ctrl-C or Ctrl-\\ is an emergency stop. Exit status: 0 "
+                    "completed, 2 usage error, 3 rejected before any output, 4 stopped by "
+                    "the operator or the patient, 5 ended by a fault or interlock.")
+    run.add_argument("profile", metavar="PROFILE", help="shipped profile id or YAML path")
+    run.add_argument("--port", required=True, metavar="PORT",
+                     help="device path (/dev/ttyUSB0, /dev/pts/5) or pyserial URL")
+    run.add_argument("--duration", required=True, metavar="DUR",
+                     help="seconds, or 90s, 5m, 1m30s")
+    run.add_argument("--set", dest="settings", action="append", default=[],
+                     metavar="NAME=VALUE", help="a prescription parameter (repeatable)")
+    run.add_argument("--json", action="store_true",
+                     help="print the session report as JSON on the last line of stdout")
+    add_record_options(run)
+    run.set_defaults(run=_run)
+
+
+def add_record_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="PATH", help="records database (default: $MODCTL_DB or "
+                   "the per-user data directory)")
+    p.add_argument("--operator", default="", metavar="NAME", help="who runs the session")
+    p.add_argument("--patient", default=None, metavar="ID",
+                   help="pseudonymous patient id (never a name)")
+
+
+def load_for_session(ref: str) -> Profile:
+    try:
+        return resolve_profile(ref).profile
+    except ProfileError as exc:
+        raise UsageError(f"profile {ref}: " + "; ".join(exc.problems)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    profile = load_for_session(args.profile)
+    try:
+        duration = parse_duration(args.duration)
+        settings = parse_settings(args.settings)
+    except (DurationError, SettingsError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        rx = build_prescription(profile, settings, duration)
+    except PrescriptionRejected as exc:
+        for message in exc.messages():
+            error(f"rejected: {message}")
+        if args.json:
+            print(_rejection_json(profile, settings, duration, exc))
+        return EXIT_REJECTED
+    try:
+        store = RecordStore(default_db_path(args.db))
+    except RecordsError as exc:
+        error(f"rejected: {exc}; the session does not start")
+        return EXIT_REJECTED
+    with store:
+        for row in store.mark_interrupted_sessions():
+            error(f"note: session {row.id} was left open by a crash; marked interrupted "
+                  f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
+        report = run_session(profile, rx, args.port, store, args.operator, args.patient,
+                             live=sys.stdout.isatty() and not args.json)
+    print_report(report, args.json)
+    return report.exit_status
+
+
+def run_session(profile: Profile, rx: Any, port: str, store: RecordStore | None,
+                operator: str, patient: str | None, live: bool) -> SessionReport:
+    """Run a session on a worker thread; signals post stop requests to it."""
+    display = LiveDisplay(profile.modality, profile.id) if live else None
+    session = Session(profile, rx, port, store=store, operator=operator, patient=patient)
+    stops = {"count": 0}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stops["count"] += 1
+        emergency = signum == signal.SIGQUIT or stops["count"] > 1
+        name = signal.Signals(signum).name
+        session.request_stop("operator", emergency=emergency,
+                             reason=f"operator {'emergency ' if emergency else ''}stop ({name})")
+
+    previous = {s: signal.signal(s, on_signal)
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    scheduler = make_scheduler()
+    every(scheduler, profile.safety.poll_period_s, session.wake, "session wake-up")
+    if store is not None:
+        every(scheduler, FLUSH_PERIOD_S, store.flush, "records flush")
+    scheduler.start()
+    try:
+        session.start()
+        while session.wait(DISPLAY_PERIOD_S) is None:
+            if display is not None:
+                display.show(session.snapshot())
+    finally:
+        scheduler.shutdown(wait=False)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if display is not None:
+            display.close()
+    assert session.report is not None
+    return session.report
+
+
+def print_report(report: SessionReport, as_json: bool) -> None:
+    """Print the summary (and JSON); a closed stdout (`| head`) must not change the exit."""
+    try:
+        _print_report(report, as_json)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _print_report(report: SessionReport, as_json: bool) -> None:
+    out = sys.stdout if not as_json else sys.stderr
+    stop = report.stop_source or "-"
+    print(f"session {report.session_id or '(not recorded)'}: {report.outcome} - {report.reason}",
+          file=out)
+    print(f"  planned {report.planned_s:g} s, delivered {report.delivered_s:.2f} s, "
+          f"stopped by {stop}, stop confirmed: {report.stop_confirmed}", file=out)
+    if report.dose:
+        dose = ", ".join(f"{k} {v:.4g}" for k, v in report.dose.items())
+        print(f"  dose: {dose}", file=out)
+    if as_json:
+        print(report.to_json(), flush=True)
+
+
+def _rejection_json(profile: Profile, settings: dict[str, str], duration: float,
+                    exc: PrescriptionRejected) -> str:
+    report = SessionReport(
+        session_id="", outcome="rejected", reason="; ".join(exc.messages()), profile=profile.id,
+        device={}, prescription={"requested": settings, "duration_s": duration},
+        planned_s=duration, delivered_s=0.0, stop_source="", dose={})
+    return report.to_json()
+
+
+__all__ = ["EXIT_USAGE", "add_record_options", "print_report", "register", "run_session"]
