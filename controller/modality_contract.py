@@ -80,7 +80,7 @@ CONTRACTS: dict[str, ModalityContract] = {
         }),
         derived_limits=frozenset({"current_density_rms_ma_cm2", "charge_per_phase_uc"}),
         interlocks=frozenset({"impedance_max_ohm"}),
-        rules=frozenset({"ramp_rate_ma_s"}),
+        rules=frozenset({"ramp_rate_ma_s", "max_ramp_s"}),
         tolerances=frozenset({"amplitude_ma"}),
     ),
 }

@@ -7,6 +7,7 @@ operation and telemetry source against the protocol map.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal
 
@@ -25,7 +26,7 @@ from controller.profile_sections import (
     Step,
     TelemetrySource,
 )
-from protocols.map_common import Identifier, StrictModel
+from protocols.map_common import Identifier, StrictModel, ValueSpec
 from protocols.map_framed import FramedMap
 from protocols.map_modbus import ModbusMap
 from protocols.map_scpi import ScpiMap
@@ -66,6 +67,8 @@ class Profile(StrictModel):
         problems += self._check_defaults()
         problems += self._check_operations()
         problems += self._check_telemetry()
+        if not problems:
+            problems += self._check_ranges()
         if self.calibration is not None:
             problems += self._check_calibration(self.calibration)
         if problems:
@@ -218,6 +221,56 @@ class Profile(StrictModel):
                 out |= self.protocol.result_keys(step.write)
         return out
 
+    def _check_ranges(self) -> list[str]:
+        """Every value the controller may write for a `$variable` fits the device field."""
+        out = []
+        for op, steps in self.operations.defined().items():
+            for i, step in enumerate(steps):
+                if step.write is None:
+                    continue
+                for arg, ref in step.args.items():
+                    if not (isinstance(ref, str) and ref.startswith("$")):
+                        continue
+                    spec = self.protocol.arg_spec(step.write, arg)
+                    if spec is None:
+                        continue
+                    for value, why in self._possible_values(ref[1:]):
+                        raw = value / spec.scale
+                        if abs(raw - round(raw)) < 1e-6:
+                            raw = round(raw)
+                        if not spec.raw_in_range(raw):
+                            out.append(
+                                f"operations.{op}[{i}].args.{arg}: {ref} may be {value:g} "
+                                f"({why}), but {step.write}.{arg} accepts "
+                                f"{_engineering_range(spec)}")
+        return out
+
+    def _possible_values(self, var: str) -> list[tuple[float, str]]:
+        """The extreme values the controller may send for a variable, and why."""
+        lim, p = self.limits, self.parameters.get(var)
+        if p is not None:
+            if p.choices:
+                return [(float(c), f"choice {n}") for n, c in p.choices.items()]
+            if p.allowed:
+                return [(float(a), "an allowed value") for a in p.allowed]
+            bound = lim.absolute.get(var)
+            return [] if bound is None else [
+                (float(b), f"the absolute {side} of {var}")
+                for b, side in ((bound.min, "min"), (bound.max, "max")) if b is not None]
+        if var == "timer_s":
+            dur, margin = lim.absolute.get(DURATION), self.safety.timer_margin_s
+            return [] if dur is None else [
+                (float(math.ceil(b + margin)), f"{DURATION} {side} {b:g} + margin {margin:g}")
+                for b, side in ((dur.min, "min"), (dur.max, "max")) if b is not None]
+        if var == "watchdog_s":
+            return [(self.safety.watchdog_s, "safety.watchdog_s")]
+        if var == "channel_mask" and "channel" in self.parameters:
+            chan = self.parameters["channel"]
+            return [(float(1 << int(c)), "a channel") for c in chan.allowed or []]
+        if var == "ramp_up_s" and "max_ramp_s" in self.rules:
+            return [(0.0, "no ramp"), (self.rules["max_ramp_s"], "rules.max_ramp_s")]
+        return []
+
     def _check_telemetry(self) -> list[str]:
         available = self.operation_results("read_telemetry")
         out = []
@@ -238,6 +291,20 @@ class Profile(StrictModel):
                       [p.default] if p and p.default is not None else [])
             forms = [f.replace("{" + var + "}", _fmt(v)) for f in forms for v in values]
         return forms
+
+
+def _engineering_range(spec: ValueSpec) -> str:
+    if spec.scale == 1:
+        return spec.describe_range()
+    parts = []
+    if spec.allowed is not None:
+        parts.append("one of " + ", ".join(
+            f"{float(a) * spec.scale:g}" for a in spec.allowed if isinstance(a, (int, float))))
+    if spec.min is not None or spec.max is not None:
+        lo = "" if spec.min is None else f"{spec.min * spec.scale:g}"
+        hi = "" if spec.max is None else f"{spec.max * spec.scale:g}"
+        parts.append(f"{lo}..{hi}")
+    return " or ".join(parts) + f" {spec.unit}".rstrip() + f" (raw {spec.describe_range()})"
 
 
 def within(value: float, bound: Bound) -> bool:

@@ -172,13 +172,6 @@ class Step(StrictModel):
     args: dict[Identifier, Scalar] = Field(default_factory=dict)
     expect: dict[str, Scalar] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _read_shorthand(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("read"), str):
-            return {**data, "read": [data["read"]]}
-        return data
-
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
         if (self.write is None) == (self.read is None):

@@ -48,6 +48,12 @@ CONTROLLED_RAMP_DOWN_S = 0.05
 # How often the output state is read while confirming a stop.
 CONFIRM_POLL_S = 0.02
 
+# Prescriptions that have started an output in this process. An output is never
+# restored: after any stop (lead off, e-stop, fault, restart) only a new operator
+# request — a new prescription — can start one again.
+_STARTED: set[str] = set()
+_STARTED_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class StopRequest:
@@ -189,6 +195,13 @@ class Session:
 
     def _start_output(self) -> None:
         assert self.link is not None
+        if self.rx.pending:
+            raise _Reject("limits not yet checkable: " + ", ".join(self.rx.pending))
+        with _STARTED_LOCK:
+            if self.rx.request_id in _STARTED:
+                raise _Reject("this prescription already started an output; an output is "
+                              "never restored without a new operator request")
+            _STARTED.add(self.rx.request_id)
         for op in ("configure", "arm"):
             self.link.run(op, self.variables)
             self._event("command", {"op": op, "watchdog_s": self.variables["watchdog_s"],

@@ -13,9 +13,13 @@ Scalar = int | float | str | bool
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors; instances are immutable once validated."""
+    """Unknown keys are errors; instances are immutable once validated.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict types: YAML `yes` is not the number 1 and `"19200"` is not a baud rate.
+    NaN and infinity are refused: a NaN limit would never trip.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ValueSpec(StrictModel):

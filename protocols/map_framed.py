@@ -127,6 +127,10 @@ class FramedMap(StrictModel):
                 keys |= {f"{name}.{f.name}.{b}" for b in f.bits}
         return keys
 
+    def arg_spec(self, entry: str, arg: str) -> ValueSpec | None:
+        cmd = self.commands.get(entry)
+        return next((f for f in cmd.request if f.name == arg), None) if cmd else None
+
     def write_args(self, name: str) -> set[str] | None:
         cmd = self.commands.get(name)
         return None if cmd is None else {f.name for f in cmd.request}

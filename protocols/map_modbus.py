@@ -83,6 +83,10 @@ class ModbusMap(StrictModel):
             keys |= {f"{name}.{bit}" for bit in found[1].bits}
         return keys
 
+    def arg_spec(self, entry: str, arg: str) -> ValueSpec | None:
+        """The accepted values of one write argument (a holding register's `value`)."""
+        return self.holding_registers.get(entry) if arg == "value" else None
+
     def write_args(self, name: str) -> set[str] | None:
         """Argument names a write takes; None when the entry cannot be written."""
         return {"value"} if name in self.holding_registers else None

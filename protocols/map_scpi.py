@@ -108,6 +108,10 @@ class ScpiMap(StrictModel):
             return set()
         return {f"{name}.{f.name}" for f in cmd.query}
 
+    def arg_spec(self, entry: str, arg: str) -> ValueSpec | None:
+        cmd = self.commands.get(entry)
+        return next((f for f in cmd.set or [] if f.name == arg), None) if cmd else None
+
     def write_args(self, name: str) -> set[str] | None:
         cmd = self.commands.get(name)
         if cmd is None:

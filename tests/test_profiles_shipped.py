@@ -17,5 +17,5 @@ def test_the_three_models_are_shipped() -> None:
 @pytest.mark.parametrize("pid", SHIPPED)
 def test_profile_round_trips(pid: str) -> None:
     prof = resolve_profile(pid).profile
-    again = Profile.model_validate(prof.model_dump(mode="json"))
+    again = Profile.model_validate_json(prof.model_dump_json())
     assert again == prof

@@ -62,7 +62,7 @@ def _show(args: argparse.Namespace) -> int:
     loaded = resolve_profile(args.profile)
     prof = loaded.profile
     print(f"# source: {loaded.source}")
-    print(yaml.safe_dump(prof.model_dump(mode="json", exclude_defaults=False),
+    print(yaml.safe_dump(prof.model_dump(mode="python"),
                          sort_keys=False, allow_unicode=True, width=100), end="")
     print("\n# effective limits (tightest of absolute and clinical tiers)")
     print(yaml.safe_dump({"effective_limits": _effective(prof)}, sort_keys=False), end="")

@@ -1,0 +1,62 @@
+"""`modctl demo`: simulated HC-200, US-300 and ES-4 on pseudo-terminals, a short session each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from controller.cli.common import EXIT_OK
+from controller.cli.session_cmd import print_report, run_session
+from controller.prescription import build_prescription
+from controller.profile_loader import resolve_profile
+from controller.records import RecordStore
+from simulator.server import SimulatedDevice
+
+# (profile, duration in s, prescription): short, clinically plausible settings.
+DEMO_SESSIONS: tuple[tuple[str, float, dict[str, str]], ...] = (
+    ("hc-200", 6.0, {"temperature_c": "40"}),
+    ("us-300", 6.0, {"frequency_mhz": "1", "intensity_w_cm2": "1.5", "duty_pct": "20"}),
+    ("es-4", 6.0, {"frequency_hz": "100", "pulse_width_us": "200", "amplitude_ma": "20"}),
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo", help="run a short session on each simulated device",
+        description="Start simulated HC-200, US-300 and ES-4 devices on pseudo-terminals and "
+                    "run a short session on each, with the live display and the reports.")
+    p.add_argument("--db", metavar="PATH",
+                   help="records database (default: a new one in a temporary directory)")
+    p.add_argument("--json", action="store_true",
+                   help="print all session reports as one JSON list on the last line")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    db = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="modctl-demo-")) / \
+        "records.sqlite3"
+    live = sys.stdout.isatty() and not args.json
+    reports = []
+    status = EXIT_OK
+    with RecordStore(db) as store:
+        for pid, duration, settings in DEMO_SESSIONS:
+            profile = resolve_profile(pid).profile
+            rx = build_prescription(profile, settings, duration)
+            with SimulatedDevice(profile) as device:
+                shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+                print(f"== {profile.model} ({profile.modality}) on {device.port}: {shown}, "
+                      f"{duration:g} s", file=sys.stderr if args.json else sys.stdout)
+                report = run_session(profile, rx, device.port, store, "demo", None, live)
+            print_report(report, as_json=False)
+            reports.append(report)
+            status = max(status, report.exit_status)
+        verified = store.verify_audit()
+    out = sys.stderr if args.json else sys.stdout
+    print(f"records: {db} (audit trail {'intact' if verified.ok else 'BROKEN'}); "
+          f"see `modctl records list --db {db}`", file=out)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], default=str))
+    return status
