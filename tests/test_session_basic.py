@@ -60,7 +60,7 @@ def test_operator_stop_ends_output_quickly(pid: str, sim_device: SimFactory) -> 
     assert isinstance(report, SessionReport)
     assert report.outcome == "aborted" and report.exit_status == 4
     assert report.stop_source == "operator"
-    off = [c for c in history(device) if not c.on][0]
+    off = next(c for c in history(device) if not c.on)
     assert off.t - asked < 0.2
 
 
@@ -73,7 +73,7 @@ def test_emergency_stop_is_immediate(pid: str, sim_device: SimFactory) -> None:
     session.request_stop("operator", emergency=True)
     report = session.wait(5.0)
     assert report is not None and report.outcome == "aborted"
-    off = [c for c in history(device) if not c.on][0]
+    off = next(c for c in history(device) if not c.on)
     assert off.t - asked < 0.1
     assert off.cause in ("emergency_stop", "stop")
 

@@ -12,9 +12,9 @@ import threading
 import time
 from typing import Any
 
+import apscheduler.schedulers.base as aps_base
 import pytest
 
-import apscheduler.schedulers.base as aps_base
 from controller.cli.session_cmd import run_session
 from controller.session import Session
 from tests.conftest import SimFactory
@@ -35,7 +35,7 @@ class JumpingClock:
 
         class Shifted(real):  # type: ignore[misc,valid-type]
             @classmethod
-            def now(cls_, tz: Any = None) -> Any:  # noqa: N805
+            def now(cls_, tz: Any = None) -> Any:
                 return real.now(tz) + JumpingClock.offset
 
         monkeypatch.setattr(aps_base, "datetime", Shifted)

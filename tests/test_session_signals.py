@@ -88,7 +88,7 @@ def test_sigkill_watchdog_stops_output_and_next_start_marks_interrupted(
     assert last.t - killed <= WATCHDOG_STOP_S
     # The next start finds the session left open, marks it interrupted, resumes nothing.
     again = start_cli(pid, device.port, db, duration="1")
-    out, err = again.communicate(timeout=20)
+    _out, err = again.communicate(timeout=20)
     assert "marked interrupted" in err
     with RecordStore(db) as store:
         rows = store.list_sessions()
