@@ -90,4 +90,7 @@ def mermaid_diagram() -> str:
     # design) and transitions 0.9.3 spells them `Class`, which Mermaid rejects.
     lines = [line.rstrip() for line in source.splitlines()
              if not line.strip().startswith(("classDef ", "Class ", "class "))]
+    # Its front matter is a bare title; Mermaid wants `title: ...`.
+    if len(lines) > 2 and lines[0] == "---" and lines[2] == "---" and ":" not in lines[1]:
+        lines[1] = f"title: {lines[1]}"
     return "\n".join(lines).strip() + "\n"

@@ -9,14 +9,22 @@ import traceback
 from collections.abc import Sequence
 
 from controller import __version__
-from controller.cli import demo_cmd, profiles_cmd, records_cmd, session_cmd, simulate_cmd
+from controller.cli import (
+    demo_cmd,
+    diagram_cmd,
+    profiles_cmd,
+    records_cmd,
+    session_cmd,
+    simulate_cmd,
+)
 from controller.cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_USAGE, UsageError, error
 from controller.records import RecordsError
 from controller.yaml_source import SourceError
 
 # Set to show a traceback for internal errors (for developers only).
 DEBUG_ENV = "MODCTL_DEBUG"
-COMMAND_MODULES = (profiles_cmd, session_cmd, simulate_cmd, records_cmd, demo_cmd)
+COMMAND_MODULES = (profiles_cmd, session_cmd, simulate_cmd, records_cmd, demo_cmd,
+                   diagram_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
