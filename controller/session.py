@@ -375,8 +375,8 @@ class Session:
             try:
                 t = self.link.telemetry(self.variables)
                 self.last_telemetry = t
-                if self.meter is not None:
-                    self.meter.add_sample(self.clock(), t)
+                # Not a dose sample: a reading after the stop would count the time up
+                # to it as "uncoupled" / "off" and shave the delivered figures.
                 if not checks.output_running(self.profile, t):
                     self._event("reply", {"op": "confirm_stop", "output_on": False})
                     return True

@@ -1,0 +1,236 @@
+"""Engine of the SCPI-style line family, driven by any ScpiMap.
+
+One request line, one reply line. Timeouts, corrupt replies and the device's
+checksum-error answer (our request got damaged, so it was not executed) are
+retried; any other ERR answer is the device's decision and is raised at once,
+after the error queue is drained so stale entries never pile up on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from protocols import scpi_codec as codec
+from protocols.engine import EventHandler
+from protocols.errors import (
+    CorruptReply,
+    DeviceRefused,
+    LinkLost,
+    LinkTimeout,
+    ProtocolError,
+    ProtocolViolation,
+    ValueRejected,
+)
+from protocols.map_common import Scalar
+from protocols.map_scpi import ScpiCommand, ScpiMap
+from protocols.transport import Transport
+
+try:
+    import termios
+
+    # SerialTransport lets termios.error (tcflush/tcdrain on a vanished peer) through.
+    _PORT_ERRORS: tuple[type[Exception], ...] = (termios.error,)
+except ImportError:  # not POSIX
+    _PORT_ERRORS = ()
+
+log = logging.getLogger(__name__)
+
+# The device error queue holds this many entries; one more query sees "no error".
+ERROR_QUEUE_DEPTH = 8
+MAX_DRAIN_QUERIES = ERROR_QUEUE_DEPTH + 1
+LF = b"\n"
+
+T = TypeVar("T")
+
+
+class QueuedRefusal(DeviceRefused):
+    """DeviceRefused with the error-queue entries drained after it, oldest first."""
+
+    def __init__(self, entry: str, code: int, text: str,
+                 queued: list[tuple[int, str]]) -> None:
+        super().__init__(entry, code, text)
+        self.queued = queued
+
+
+class ScpiEngine:
+    """protocols.engine.Engine over a line transport; owned by one thread."""
+
+    def __init__(self, transport: Transport, pmap: ScpiMap, reply_timeout_s: float,
+                 retries: int) -> None:
+        if reply_timeout_s <= 0 or retries < 0:
+            raise ValueError("reply_timeout_s must be > 0 and retries >= 0")
+        self._t = transport
+        self._map = pmap
+        self._timeout = reply_timeout_s
+        self._retries = retries
+        self._buf = bytearray()
+        # Replies are framed by the last byte of the map's terminator (LF for "\r\n").
+        self._eol = pmap.reply_terminator.encode("ascii")[-1:] or LF
+        # Content before the LF: the line and its CR; longer is a runaway or garbage line.
+        self._max_reply = pmap.max_line_length + 1
+        self._headers = {name: cmd.short_header if pmap.use_short_form else cmd.header
+                         for name, cmd in pmap.commands.items()}
+        # Query lines and answer parsers never change: built once per entry, on first use.
+        self._queries: dict[str, tuple[bytes, list[str], codec.FieldsParser]] = {}
+
+    # -- Engine -------------------------------------------------------------------
+    def write(self, entry: str, args: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        cmd = self._command(entry)
+        header = self._headers[entry]
+        if args or not cmd.action:
+            if cmd.set is None:
+                raise ValueRejected(f"{entry}: {cmd.header} takes no arguments"
+                                    if cmd.action else f"{entry}: {cmd.header} cannot be set")
+            body = codec.request_body(header, args=codec.encode_args(
+                f"{entry} ({cmd.header})", cmd.set, args))
+        else:
+            body = header
+        self._transact(entry, self._frame(body), self._expect_ok)
+        return {}
+
+    def read(self, entries: Sequence[str],
+             args: Mapping[str, Scalar] | None = None) -> dict[str, Scalar]:
+        if args:
+            raise ValueRejected(f"queries of this family take no arguments: {sorted(args)}")
+        out: dict[str, Scalar] = {}
+        for entry in entries:
+            line, keys, parser = self._queries.get(entry) or self._query(entry)
+            values = self._transact(entry, line, parser.parse)
+            out.update(zip(keys, values, strict=False))
+        return out
+
+    def poll_events(self) -> None:
+        """This family sends nothing unsolicited."""
+
+    def set_event_handler(self, handler: EventHandler | None) -> None:
+        """This family has no events."""
+
+    def close(self) -> None:
+        self._t.close()
+
+    # -- exchanges ------------------------------------------------------------------
+    def _command(self, entry: str) -> ScpiCommand:
+        cmd = self._map.commands.get(entry)
+        if cmd is None:
+            raise ValueRejected(f"'{entry}' is not an entry of the protocol map")
+        return cmd
+
+    def _query(self, entry: str) -> tuple[bytes, list[str], codec.FieldsParser]:
+        cmd = self._command(entry)
+        if cmd.query is None:
+            raise ValueRejected(f"{entry}: {cmd.header} has no query form")
+        line = self._frame(codec.request_body(self._headers[entry], query=True))
+        keys = [f"{entry}.{f.name}" for f in cmd.query]
+        query = self._queries[entry] = (line, keys, codec.FieldsParser(cmd.query))
+        return query
+
+    def _frame(self, body: str) -> bytes:
+        return codec.frame_request(body, use_checksum=self._map.use_checksum,
+                                   terminator=self._map.request_terminator,
+                                   max_line_length=self._map.max_line_length)
+
+    def _expect_ok(self, text: str) -> None:
+        if text != self._map.ok_reply:
+            # Most likely a late answer to an earlier request: worth a retry.
+            raise CorruptReply(f"expected {self._map.ok_reply!r}, got {text!r}")
+
+    def _transact(self, entry: str, line: bytes, parse: Callable[[str], T]) -> T:
+        """One request with retries; LinkLost and other errors propagate at once."""
+        pmap = self._map
+        saw_error = False
+        last: ProtocolError | None = None
+        for attempt in range(self._retries + 1):
+            if attempt:
+                log.info("%s: retry %d of %d after: %s", entry, attempt, self._retries, last)
+            try:
+                text = self._exchange(entry, line)
+                error = codec.parse_error(text, pmap.error_prefix)
+                if error is None:
+                    result = parse(text)
+                    if saw_error:  # the checksum-error answers sit on the device queue
+                        self._drain(entry)
+                    return result
+            except (LinkTimeout, CorruptReply) as exc:
+                last = exc
+                continue
+            saw_error = True
+            last = DeviceRefused(entry, *error)
+            if error[0] != pmap.checksum_error_code:
+                break  # the device's own decision: asking again changes nothing
+        queued = self._drain(entry) if saw_error else []
+        if isinstance(last, DeviceRefused):
+            raise QueuedRefusal(entry, last.code, last.text, queued)
+        assert last is not None
+        raise type(last)(f"{entry}: no valid reply after {self._retries + 1} attempt(s); "
+                         f"last: {last}")
+
+    def _exchange(self, entry: str, line: bytes) -> str:
+        """Send one line and return the text of the reply line; no retries."""
+        try:
+            self._t.discard_input()  # a late reply to an earlier request is stale now
+            self._buf.clear()
+            self._t.write(line)
+            raw = self._read_line(time.monotonic() + self._timeout, entry)
+        except _PORT_ERRORS as exc:
+            raise LinkLost(f"{entry}: port failed: {exc}") from None
+        log.debug("%s: %r -> %r", entry, line, raw)
+        try:
+            return codec.unframe_reply(raw, use_checksum=self._map.use_checksum)
+        except CorruptReply as exc:
+            raise CorruptReply(f"{entry}: {exc}") from None
+
+    def _read_line(self, deadline: float, entry: str) -> bytes:
+        """Bytes up to LF; reads in chunks and keeps what follows the LF."""
+        buf, t = self._buf, self._t
+        scanned = 0
+        while True:
+            end = buf.find(self._eol, scanned)
+            if end >= 0:
+                if end > self._max_reply:
+                    break
+                line = bytes(buf[:end])
+                del buf[:end + 1]
+                return line
+            scanned = len(buf)
+            if scanned > self._max_reply:
+                break
+            first = t.read(1, deadline)  # blocks until a byte or the deadline
+            if not first:
+                raise LinkTimeout(f"{entry}: no reply within {self._timeout:g} s "
+                                  f"(got {bytes(buf)!r})")
+            buf += first
+            buf += t.read_available()
+        buf.clear()
+        raise CorruptReply(f"{entry}: reply line longer than {self._map.max_line_length} "
+                           "characters")
+
+    def _drain(self, entry: str) -> list[tuple[int, str]]:
+        """Pop the device error queue until it reports no error; best effort, bounded."""
+        pmap = self._map
+        drained: list[tuple[int, str]] = []
+        for _ in range(MAX_DRAIN_QUERIES):
+            try:
+                line, _, parser = self._queries.get(pmap.error_query) \
+                    or self._query(pmap.error_query)
+                text = self._exchange(pmap.error_query, line)
+                if codec.parse_error(text, pmap.error_prefix) is not None:
+                    log.warning("%s: error queue query refused: %s", entry, text)
+                    break
+                values = parser.parse(text)
+                code = int(values[0])
+            except (ValueRejected, LinkTimeout, CorruptReply, ProtocolViolation,
+                    ValueError) as exc:
+                log.warning("%s: error queue drain stopped: %s", entry, exc)
+                break
+            if code == pmap.no_error_code:
+                break
+            drained.append((code, str(values[1]) if len(values) > 1 else ""))
+        else:
+            log.warning("%s: error queue not empty after %d queries",
+                        entry, MAX_DRAIN_QUERIES)
+        if drained:
+            log.info("%s: drained device errors %s", entry, drained)
+        return drained
