@@ -169,10 +169,10 @@ class Session:
             self.state.outcome, self.state.stop_source = checks.FAULT, ""
             self.state.reason = f"cannot open {self.port}: {exc}"
             self._event("fault", {"reason": self.state.reason})
-            self.state.trigger("fail")
+            self.state.fire("fail")
             raise _Done() from None
         self.link.set_event_handler(self._device_events.append)
-        self.state.trigger("connected")
+        self.state.fire("connected")
 
     def _identify(self) -> None:
         assert self.link is not None
@@ -191,7 +191,7 @@ class Session:
         except PrescriptionRejected as exc:
             raise _Reject("; ".join(exc.messages())) from None
         self.meter = modality_for(self.profile).dose_meter(self.rx, facts, clock=self.clock)
-        self.state.trigger("identified")
+        self.state.fire("identified")
 
     def _start_output(self) -> None:
         assert self.link is not None
@@ -213,7 +213,7 @@ class Session:
         self._last_ok = self.clock()
         if isinstance(self.meter, UltrasoundDoseMeter):
             self.meter.hold.start(self.t_start)
-        self.state.trigger("output_started")
+        self.state.fire("output_started")
         self._event("command", {"op": "start", "planned_s": self.rx.duration_s})
 
     def _deliver(self) -> tuple[Verdict, bool]:
@@ -223,7 +223,7 @@ class Session:
         next_poll = self.clock()
         ramp_s = float(self.variables.get("ramp_up_s", 0) or 0)
         if ramp_s <= 0:
-            self.state.trigger("ramp_complete")
+            self.state.fire("ramp_complete")
         while True:
             now = self.clock()
             verdict = self._pending_verdict()
@@ -280,11 +280,11 @@ class Session:
         state = self.state.state
         if state == "ramping" and (t.get("channel_state") == "running"
                                    or at - self.t_start >= ramp_s):
-            self.state.trigger("ramp_complete")
+            self.state.fire("ramp_complete")
         elif state == "delivering" and t.get("state") == "holding":
-            self.state.trigger("contact_lost")
+            self.state.fire("contact_lost")
         elif state == "holding" and t.get("state") == "running":
-            self.state.trigger("contact_restored")
+            self.state.fire("contact_restored")
 
     def _pending_verdict(self) -> tuple[Verdict, bool] | None:
         while self._device_events:
@@ -324,9 +324,9 @@ class Session:
         t_cmd = self.clock()
         self._command_stop(emergency, immediate=not ramped)
         if self.state.state in ACTIVE_OUTPUT:
-            self.state.trigger("end_output")
+            self.state.fire("end_output")
         elif self.state.state in ("identifying", "arming"):
-            self.state.trigger("fail")
+            self.state.fire("fail")
         if self.t_start is None:
             self.state.stop_source = ""
         elif self.t_off is None:
@@ -342,7 +342,7 @@ class Session:
                 # We could not reach the device: its own watchdog is what stops it.
                 self.state.stop_source = checks.BY_DEVICE_WATCHDOG
             self._event("fault", {"reason": "stop not confirmed by device"})
-        self.state.trigger("stop_done")
+        self.state.fire("stop_done")
 
     def _command_stop(self, emergency: bool, immediate: bool) -> None:
         """Send the stop first, record it after: a record write may wait on the disk.
@@ -394,12 +394,12 @@ class Session:
                 return
             if st == "connecting":
                 self.state.outcome, self.state.reason = verdict.outcome, verdict.reason
-                self.state.trigger("fail")
+                self.state.fire("fail")
             elif st == "stopping":
                 self.state.outcome = checks.FAULT
                 self.state.reason += f"; then {verdict.reason}"
                 self.stop_confirmed = False
-                self.state.trigger("stop_done")
+                self.state.fire("stop_done")
             else:
                 self._stop_output(verdict, emergency=False)
         except Exception:
@@ -417,7 +417,7 @@ class Session:
         self.state.outcome, self.state.reason, self.state.stop_source = \
             checks.REJECTED, reason, ""
         self._event("decision", {"outcome": "rejected", "reason": reason})
-        self.state.trigger("reject")
+        self.state.fire("reject")
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _planned_end(self) -> float:

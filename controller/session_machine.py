@@ -66,7 +66,7 @@ class SessionState:
     def outcome_is_aborted(self) -> bool:
         return self.outcome == "aborted"
 
-    def trigger(self, name: str) -> bool:
+    def fire(self, name: str) -> bool:
         """Fire a trigger by name (the machine adds the named methods at run time)."""
         result: bool = getattr(self, name)()
         return result

@@ -39,7 +39,7 @@ def test_no_auto_transitions_no_jump_to_a_state_by_name() -> None:
     model = machine()
     assert not hasattr(model, "to_delivering")
     with pytest.raises(MachineError):
-        model.trigger("output_started")   # not from connecting
+        model.fire("output_started")   # not from connecting
 
 
 def test_every_way_out_of_an_output_goes_through_stopping() -> None:
@@ -62,9 +62,9 @@ def test_stopping_ends_in_the_decided_outcome(outcome: str, final: str) -> None:
     model = machine()
     for trigger in ("connected", "identified", "output_started", "ramp_complete",
                     "end_output"):
-        model.trigger(trigger)
+        model.fire(trigger)
     model.outcome = outcome
-    model.trigger("stop_done")
+    model.fire("stop_done")
     assert model.state == final
 
 
@@ -72,14 +72,14 @@ def test_contact_hold_round_trip() -> None:
     model = machine()
     for trigger in ("connected", "identified", "output_started", "ramp_complete",
                     "contact_lost"):
-        model.trigger(trigger)
+        model.fire(trigger)
     assert model.state == "holding"
-    model.trigger("contact_restored")
+    model.fire("contact_restored")
     assert model.state == "delivering"
 
 
 def test_a_failure_before_output_still_goes_through_stopping() -> None:
     model = machine()
-    model.trigger("connected")
-    model.trigger("fail")
+    model.fire("connected")
+    model.fire("fail")
     assert model.state == "stopping"
