@@ -76,3 +76,30 @@ def test_telemetry_that_contradicts_the_command_is_a_fault(sim_device: SimFactor
     assert report.stop_source == "controller"
     assert "setpoint" in report.reason
     assert_stopped(device)
+
+
+@pytest.mark.parametrize(("fault", "outcome", "status", "source", "words"), [
+    ({"lead_off_at": 1.0}, "fault", 5, "interlock", "lead off"),
+    ({"overcurrent_at": 1.0}, "fault", 5, "interlock", "over-current"),
+    ({"patient_stop_at": 1.0}, "aborted", 4, "patient", "patient stop"),
+])
+def test_tens_events_end_the_session(fault: dict[str, float], outcome: str, status: int,
+                                     source: str, words: str, sim_device: SimFactory) -> None:
+    device = sim_device("es-4", **fault)
+    report = run("es-4", device, 6.0)
+    assert report.outcome == outcome and report.exit_status == status, report.reason
+    assert report.stop_source == source
+    assert words in report.reason
+    assert report.delivered_s == pytest.approx(1.0, abs=0.3)
+    assert_stopped(device)
+
+
+def test_tens_ramps_up_and_is_never_restored(sim_device: SimFactory) -> None:
+    device = sim_device("es-4", lead_off_at=2.5)
+    report = run("es-4", device, 6.0, {"frequency_hz": "100", "pulse_width_us": "200",
+                                       "amplitude_ma": "20"})
+    assert report.outcome == "fault"
+    states = [e.detail.get("state") for e in report.events if e.kind == "state"]
+    assert states.index("ramping") < states.index("delivering")
+    # After the lead-off nothing starts the output again: one start in the device's history.
+    assert sum(1 for c in history(device) if c.on) == 1
