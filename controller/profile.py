@@ -234,10 +234,23 @@ class Profile(StrictModel):
                     spec = self.protocol.arg_spec(step.write, arg)
                     if spec is None:
                         continue
+                    integral = _integral(spec)
+                    param = self.parameters.get(ref[1:])
+                    if integral and param is not None and param.step is not None \
+                            and not _whole(param.step / spec.scale):
+                        out.append(
+                            f"parameters.{ref[1:]}.step: {param.step:g} is finer than "
+                            f"{step.write}.{arg} can carry (steps of {spec.scale:g})")
                     for value, why in self._possible_values(ref[1:]):
                         raw = value / spec.scale
-                        if abs(raw - round(raw)) < 1e-6:
+                        if _whole(raw):
                             raw = round(raw)
+                        elif integral:
+                            out.append(
+                                f"operations.{op}[{i}].args.{arg}: {ref} may be {value:g} "
+                                f"({why}), which {step.write}.{arg} cannot carry: it takes "
+                                f"whole steps of {spec.scale:g}")
+                            continue
                         if not spec.raw_in_range(raw):
                             out.append(
                                 f"operations.{op}[{i}].args.{arg}: {ref} may be {value:g} "
@@ -276,6 +289,10 @@ class Profile(StrictModel):
         out = []
         for name in self.telemetry:
             src = self.telemetry_source(name).source
+            for var in _TEMPLATE.findall(src):
+                if not self._template_values(var):
+                    out.append(f"telemetry.{name}: '{{{var}}}' is not a parameter with "
+                               "allowed values or a default")
             for expanded in self.expand_template(src):
                 if expanded not in available:
                     out.append(f"telemetry.{name}: source '{expanded}' is not read by "
@@ -286,11 +303,29 @@ class Profile(StrictModel):
         """Every concrete form of `text` over the allowed values of its `{param}`s."""
         forms = [text]
         for var in _TEMPLATE.findall(text):
-            p = self.parameters.get(var)
-            values = (p.allowed if p and p.allowed else
-                      [p.default] if p and p.default is not None else [])
+            values = self._template_values(var)
             forms = [f.replace("{" + var + "}", _fmt(v)) for f in forms for v in values]
         return forms
+
+    def _template_values(self, var: str) -> list[float | str]:
+        p = self.parameters.get(var)
+        if p is None:
+            return []
+        if p.allowed:
+            return list(p.allowed)
+        return [p.default] if p.default is not None else []
+
+
+# Wire types that carry whole numbers only (engineering value = raw × scale).
+INTEGRAL_TYPES = frozenset({"int16", "uint16", "bits", "u8", "u16", "i16", "u32", "int"})
+
+
+def _integral(spec: ValueSpec) -> bool:
+    return getattr(spec, "type", None) in INTEGRAL_TYPES
+
+
+def _whole(x: float) -> bool:
+    return abs(x - round(x)) < 1e-6
 
 
 def _engineering_range(spec: ValueSpec) -> str:

@@ -8,6 +8,7 @@ path, what is wrong and what is allowed. Never a traceback.
 from __future__ import annotations
 
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -96,6 +97,9 @@ def read_yaml_mapping(path: str | Path, what: str) -> YamlDocument:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SourceError(name, [f"{name}: not UTF-8 text (byte {exc.start})"]) from None
+    if not text.strip():
+        raise SourceError(name, [f"{name}: the file is empty; a {what} is a mapping of "
+                                 "sections"])
     try:
         root = yaml.compose(text, Loader=_StrictLoader)
         data = yaml.load(text, Loader=_StrictLoader)
@@ -157,8 +161,14 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
     return out
 
 
+# repr() of a YAML alias bomb is exponential: bounded on depth and width.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = 40
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -36,7 +36,7 @@ def rejected(profile: Profile, settings: dict[str, str], duration_s: float = 300
 
 
 def with_changes(profile: Profile, **changes: Any) -> Profile:
-    return Profile.model_validate({**profile.model_dump(mode="json"), **changes})
+    return Profile.model_validate({**profile.model_dump(), **changes})
 
 
 # -- durations ---------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_durations_outside_the_effective_limit(profile: Profile, settings: dict[
 
 
 def test_a_default_outside_a_regime_limit_is_refused_as_a_default() -> None:
-    site = with_changes(HC, limits={**HC.model_dump(mode="json")["limits"],
+    site = with_changes(HC, limits={**HC.model_dump()["limits"],
                                     "clinical": {"duration_s": {"max": 1800},
                                                  "temperature_c": {"max": 39.0}}},
                         parameters={"temperature_c": {"type": "number", "unit": "degC",
@@ -309,7 +309,7 @@ def test_tens_charge_and_current_density_are_derived_and_checked() -> None:
 
 
 def test_tens_charge_per_phase_limit() -> None:
-    site = with_changes(ES, limits={**ES.model_dump(mode="json")["limits"],
+    site = with_changes(ES, limits={**ES.model_dump()["limits"],
                                     "derived": {"charge_per_phase_uc": {"max": 10.0}}})
     assert rejected(site, {"amplitude_ma": "60", "pulse_width_us": "200"}) == [
         "charge_per_phase_uc=12 is above the derived limit 10 uC (from amplitude_ma=60, "
