@@ -25,7 +25,7 @@ CONTROL_ACTIONS = ("start", "stop", "emergency_stop", "clear_fault", "enter_cali
 SET = "set"
 # Fallback identity for fields no profile binds (serial numbers, firmware).
 SIM_IDENTITY: dict[str, Scalar] = {
-    "serial": "SIM0001", "firmware": "1.00", "fw_major": 1, "fw_minor": 0,
+    "serial": 1001, "firmware": "1.00", "fw_major": 1, "fw_minor": 0,
     "serial_hi": 0, "serial_lo": 1001,
 }
 

@@ -102,6 +102,12 @@ class ModelBase:
     def output_on(self) -> bool:
         raise NotImplementedError
 
+    def prepare_read(self, ops: frozenset[str], values: dict[str, Scalar], now: float) -> None:
+        """Before rendering a read that carries arguments (a measurement at a level)."""
+
+    def telemetry_reported(self, names: set[str]) -> None:
+        """After telemetry was sent: clears report-once flags (patient stop pressed)."""
+
     # -- shared behaviour -------------------------------------------------------
     def kick(self, now: float) -> None:
         """Every valid request addressed to the device restarts its watchdog."""
