@@ -96,6 +96,7 @@ class Session:
         self.t_off: float | None = None         # best estimate of when the output stopped
         self.stop_confirmed: bool | None = None
         self.last_telemetry: dict[str, Scalar] = {}
+        self._last_running: dict[str, Scalar] = {}   # last poll that showed the output on
         self._last_ok = 0.0
         self._thread: threading.Thread | None = None
         self.report: SessionReport | None = None
@@ -270,6 +271,7 @@ class Session:
         verdict = checks.verify(self.profile, self.rx, t)
         if verdict is not None:
             return verdict
+        self._last_running = t
         self._follow_state(t, at, ramp_s)
         if self._on_update is not None:
             self._on_update(self.snapshot())
@@ -331,6 +333,7 @@ class Session:
             self.state.stop_source = ""
         elif self.t_off is None:
             self.t_off = t_cmd + (self._stop_lead() if ramped else 0.0)
+        self._close_dose()
         self._event("decision", {"outcome": verdict.outcome, "stop_source": verdict.stop_source,
                                  "reason": verdict.reason, "emergency": emergency})
         self.stop_confirmed = self._confirm_stopped()
@@ -343,6 +346,15 @@ class Session:
                 self.state.stop_source = checks.BY_DEVICE_WATCHDOG
             self._event("fault", {"reason": "stop not confirmed by device"})
         self.state.fire("stop_done")
+
+    def _close_dose(self) -> None:
+        """Account the dose up to the stop: the last running state held until then.
+
+        Polls stop POLL_GUARD_S before the planned end, so without this the dose
+        figures would miss the final fraction of a poll period.
+        """
+        if self.meter is not None and self.t_off is not None and self._last_running:
+            self.meter.add_sample(self.t_off, self._last_running)
 
     def _command_stop(self, emergency: bool, immediate: bool) -> None:
         """Send the stop first, record it after: a record write may wait on the disk.
