@@ -92,7 +92,7 @@ def running_rig(intensity: str = "1.5", timer: int = 300, **faults: object) -> R
 
 def test_identity_and_forms() -> None:
     rig = Rig()
-    assert rig.ask("*IDN?") == "Generic Therapy Devices,US-300,SIM0001,1.00"
+    assert rig.ask("*IDN?") == "Generic Therapy Devices,US-300,1001,1.00"
     assert rig.ask("*idn?") == rig.ask("*IDN?")
     for line in ("SOURce:INTensity 1.5", "SOUR:INT 1.5", "source:intensity 1.5",
                  "SOURce:INT 1.5", "sour:INTENSITY 1.5", ":SOUR:INT 1.5"):
@@ -135,7 +135,7 @@ def test_line_framing() -> None:
     rig = Rig()
     # CR before LF ignored; several lines in one chunk; a line split over chunks.
     assert rig.raw(b"SOUR:INT 1.5\r\nSOUR:INT?\r\n*ID") == [b"OK\r\n", b"1.5\r\n"]
-    assert rig.raw(b"N?\n") == [b"Generic Therapy Devices,US-300,SIM0001,1.00\r\n"]
+    assert rig.raw(b"N?\n") == [b"Generic Therapy Devices,US-300,1001,1.00\r\n"]
     longest = "SOUR:INT" + " " * (128 - len("SOUR:INT 0.5")) + " 0.5"
     assert len(longest) == 128
     assert rig.ask(longest) == "OK"
@@ -373,8 +373,8 @@ def exchange(port: serial.Serial, line: str) -> str:
 def test_pty_identity_forms_checksums(sim_device: SimFactory) -> None:
     dev = sim_device("us-300")
     with open_port(dev.port) as port:
-        assert exchange(port, "*IDN?") == "Generic Therapy Devices,US-300,SIM0001,1.00"
-        body = "Generic Therapy Devices,US-300,SIM0001,1.00"
+        assert exchange(port, "*IDN?") == "Generic Therapy Devices,US-300,1001,1.00"
+        body = "Generic Therapy Devices,US-300,1001,1.00"
         assert exchange(port, with_checksum("*IDN?")) == f"{body}*{xor_sum(body)}"
         assert exchange(port, with_checksum("sour:int 1.5")) == f"OK*{xor_sum('OK')}"
         assert exchange(port, "SOURce:INT?") == "1.5"
