@@ -26,6 +26,7 @@ class PtyPeer:
         tty.setraw(self.slave)  # a fresh pty echoes and translates CR/LF
         self.port = os.ttyname(self.slave)
         self.received = bytearray()
+        self._closed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -49,6 +50,9 @@ class PtyPeer:
                 os.write(self.master, reply)
 
     def close(self) -> None:
+        if self._closed:        # closing twice would close fds reused by others
+            return
+        self._closed = True
         self._stop.set()
         self._thread.join(1.0)
         for fd in (self.master, self.slave):

@@ -69,3 +69,12 @@ def test_known_ccitt_false_value() -> None:
 def test_tables_match_bitwise_references(data: bytes) -> None:
     assert crc16_modbus(data) == bitwise_modbus(data)
     assert crc16_ccitt_false(data) == bitwise_ccitt_false(data)
+
+
+def test_c_and_table_ccitt_agree_on_the_check_value() -> None:
+    from protocols.crc import CRC16_CCITT_FALSE_CHECK, crc16_ccitt_false, crc16_ccitt_false_table
+    assert crc16_ccitt_false(b"123456789") == crc16_ccitt_false_table(b"123456789") \
+        == CRC16_CCITT_FALSE_CHECK
+    for n in range(64):
+        data = bytes(range(n))
+        assert crc16_ccitt_false(data) == crc16_ccitt_false_table(data)

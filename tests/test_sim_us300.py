@@ -508,7 +508,7 @@ def test_invented_device_over_pty(sim_device: SimFactory, invented: Profile) -> 
         def ask(line: str) -> str:
             return exchange(port, line)
 
-        assert ask("*IDN?") == "Acme Sonics,UX-9,SIM0001,1.00"
+        assert ask("*IDN?") == "Acme Sonics,UX-9,1001,1.00"
         # An entry no operation uses keeps what was written to it.
         assert ask("DISP:BRIG?") == "0"
         assert ask("DISPlay:BRIG 7") == "DONE"

@@ -1,4 +1,5 @@
-"""`modctl records list | show | export | verify`: read the session records database."""
+"""`modctl records list | show | export | verify | patient | report`: read the session records
+database (`patient` and `report` live in `history_cmd`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from controller.cli import history_cmd
 from controller.cli.common import EXIT_INVALID, EXIT_OK, error
+from controller.history import export_patient_json
 from controller.records import DB_ENV, RecordsError, RecordStore, SessionRow, default_db_path
 
 DEFAULT_LIST_LIMIT = 50
@@ -25,9 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help=f"records database (default: ${DB_ENV}, else "
                          "$XDG_DATA_HOME/modctl/records.sqlite3, else "
                          "~/.local/share/modctl/records.sqlite3)")
-    p = sub.add_parser("records", help="session records: list, show, export, verify",
-                       description="Session records kept by the controller, and their audit "
-                                   "trail.")
+    p = sub.add_parser("records",
+                       help="session records: list, show, export, verify, patient, report",
+                       description="Session records kept by the controller, their audit "
+                                   "trail, patient histories and printable session reports.")
     rs = p.add_subparsers(dest="records_cmd", required=True, metavar="COMMAND")
     ls = rs.add_parser("list", parents=[db], help="recent sessions, newest first",
                        description="List recent sessions, newest first.")
@@ -45,13 +49,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         description="Export sessions: JSON with their events, or CSV with one "
                                     "row per session and the dose figures as columns.")
     exp.add_argument("--format", choices=("json", "csv"), default="json", dest="fmt")
-    exp.add_argument("--patient", metavar="ID", help="only this patient's sessions")
+    exp.add_argument("--patient", metavar="ID",
+                     help="only this patient's sessions; JSON then also holds the patient's "
+                          "history with totals per modality")
     exp.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     exp.set_defaults(run=_command(_export))
     ver = rs.add_parser("verify", parents=[db], help="check the audit trail's hash chain",
                         description="Check the audit trail's hash chain: exit 0 when intact, "
                                     "1 naming the first broken entry.")
     ver.set_defaults(run=_command(_verify))
+    history_cmd.register(rs, [db], _command)
 
 
 def _positive_int(text: str) -> int:
@@ -121,7 +128,10 @@ def _print_session(s: SessionRow) -> None:
 
 
 def _export(store: RecordStore, args: argparse.Namespace) -> int:
-    text = store.export(args.fmt, patient=args.patient)
+    if args.patient is not None and args.fmt == "json":
+        text = export_patient_json(store, args.patient)
+    else:
+        text = store.export(args.fmt, patient=args.patient)
     if args.out is None:
         sys.stdout.write(text)
         return EXIT_OK
