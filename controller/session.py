@@ -191,6 +191,8 @@ class Session:
             self.rx = apply_device_facts(self.profile, self.rx, facts)
         except PrescriptionRejected as exc:
             raise _Reject("; ".join(exc.messages())) from None
+        # The prescription as applied: limits re-checked with what the device reported.
+        self._event("decision", {"prescription": self.rx.record()})
         self.meter = modality_for(self.profile).dose_meter(self.rx, facts, clock=self.clock)
         self.state.fire("identified")
 
@@ -518,7 +520,15 @@ class _Done(Exception):
 
 
 def _plain(values: Mapping[str, object]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        out[str(k)] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-    return out
+    """JSON-safe copy for records and reports: nested mappings and lists kept."""
+    return {str(k): _plain_value(v) for k, v in values.items()}
+
+
+def _plain_value(value: object) -> Any:
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return _plain(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    return str(value)
