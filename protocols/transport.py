@@ -57,33 +57,6 @@ class Transport(Protocol):
 
     def read(self, n: int, deadline: float) -> bytes: ...
 
-    def read_some(self, n: int, deadline: float) -> bytes:
-        """1..n bytes as soon as any have arrived; b"" only once `deadline` has passed.
-
-        One select and one read for a whole reply, where `read` would loop; engines
-        use it (when present) to frame replies whose length they learn as they go.
-        """
-        fd = getattr(self._port, "fd", None)      # posix ports; URL handlers fall back
-        if fd is None:
-            first = self.read(1, deadline)
-            if not first:
-                return b""
-            try:
-                return first + bytes(self._port.read(min(self._port.in_waiting, n - 1)))
-            except PORT_ERRORS as exc:
-                raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return b""
-        try:
-            ready, _, _ = select.select((fd,), (), (), remaining)
-            data = os.read(fd, n) if ready else b""
-        except (OSError, ValueError) as exc:
-            raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
-        if ready and not data:
-            raise LinkLost(f"{self.port_name}: device disconnected")
-        return data
-
     def read_available(self) -> bytes: ...
 
     def discard_input(self) -> None: ...
