@@ -42,8 +42,9 @@ UpdateHook = Callable[[dict[str, Any]], None]
 # No telemetry poll starts this close to the planned end, so the stop never
 # waits behind a poll (a poll with retries can take several reply timeouts).
 POLL_GUARD_S = 0.03
-# A controlled stop (operator, planned end) ramps down this fast where the device
-# supports a ramp; short enough for the 200 ms operator-stop target.
+# An operator's controlled stop ramps down this fast where the device supports a
+# ramp; short enough for the 200 ms operator-stop target. The planned end stops at
+# once, exactly on time, as the device's own timer would.
 CONTROLLED_RAMP_DOWN_S = 0.05
 # How often the output state is read while confirming a stop.
 CONFIRM_POLL_S = 0.02
@@ -72,7 +73,7 @@ class Session:
     def __init__(self, profile: Profile, prescription: Prescription, port: str, *,
                  store: RecordStore | None = None, operator: str = "", patient: str | None = None,
                  clock: Clock = time.monotonic, link_factory: LinkFactory = DeviceLink.open,
-                 on_update: UpdateHook | None = None) -> None:
+                 on_update: UpdateHook | None = None, clear_fault: bool = False) -> None:
         self.profile = profile
         self.rx = prescription
         self.port = port
@@ -82,6 +83,7 @@ class Session:
         self.clock = clock
         self._link_factory = link_factory
         self._on_update = on_update
+        self._clear_fault = clear_fault
         self._requests: queue.Queue[StopRequest | None] = queue.Queue()
         self._device_events: list[DeviceEvent] = []
         self.state = SessionState()
@@ -181,8 +183,17 @@ class Session:
         self._event("reply", {"op": "identify", "identity": _plain(self.identity)})
         telemetry = self.link.telemetry(self.variables)
         problem = checks.latched_fault(self.profile, telemetry)
+        if problem and self._clear_fault and self.link.has("clear_fault") \
+                and not telemetry.get("output_on"):
+            # The operator asked for it, having checked the patient and the device.
+            self.link.run("clear_fault", self.variables)
+            self._event("command", {"op": "clear_fault", "was": problem})
+            telemetry = self.link.telemetry(self.variables)
+            problem = checks.latched_fault(self.profile, telemetry)
         if problem:
-            raise _Reject(f"device not ready: {problem}")
+            hint = "" if self._clear_fault else \
+                " (check the patient and the device, then run again with --clear-fault)"
+            raise _Reject(f"device not ready: {problem}{hint}")
         facts: dict[str, float] = {}
         era = telemetry.get("era_cm2")
         if isinstance(era, (int, float)) and not isinstance(era, bool):
@@ -233,7 +244,7 @@ class Session:
             if verdict is not None:
                 return verdict
             end = self._planned_end()
-            if now >= end - self._stop_lead():
+            if now >= end:
                 return Verdict(checks.COMPLETED, checks.BY_CONTROLLER,
                                "planned duration delivered"), False
             if now >= next_poll and end - now > POLL_GUARD_S:
@@ -247,7 +258,7 @@ class Session:
                 return Verdict(checks.FAULT, checks.BY_CONTROLLER,
                                f"stale telemetry: nothing valid for {now - self._last_ok:.2f} s"
                                ), False
-            wake = min(next_poll, self._planned_end() - self._stop_lead())
+            wake = min(next_poll, self._planned_end())
             self._wait(wake - self.clock())
             self.link.poll_events()
 
@@ -324,7 +335,8 @@ class Session:
         """Command the output off, confirm it, and decide the outcome."""
         self.state.outcome, self.state.stop_source = verdict.outcome, verdict.stop_source
         self.state.reason = verdict.reason
-        ramped = verdict.outcome != checks.FAULT and not emergency
+        # Operator and patient stops ramp down; the planned end and faults stop at once.
+        ramped = verdict.outcome == checks.ABORTED and not emergency
         t_cmd = self.clock()
         self._command_stop(emergency, immediate=not ramped)
         if self.state.state in ACTIVE_OUTPUT:
@@ -334,7 +346,8 @@ class Session:
         if self.t_start is None:
             self.state.stop_source = ""
         elif self.t_off is None:
-            self.t_off = t_cmd + (self._stop_lead() if ramped else 0.0)
+            self.t_off = t_cmd + (CONTROLLED_RAMP_DOWN_S if ramped and self._stop_ramps
+                                  else 0.0)
         self._close_dose()
         self._event("decision", {"outcome": verdict.outcome, "stop_source": verdict.stop_source,
                                  "reason": verdict.reason, "emergency": emergency})
@@ -439,10 +452,6 @@ class Session:
         if isinstance(self.meter, UltrasoundDoseMeter) and self.meter.hold.started:
             return self.meter.hold.end_time(self.clock())
         return self.t_start + self.rx.duration_s
-
-    def _stop_lead(self) -> float:
-        """Start a ramped stop early so the output reaches zero at the planned end."""
-        return float(self.variables.get("ramp_down_s", 0.0)) if self._stop_ramps else 0.0
 
     @property
     def _stop_ramps(self) -> bool:

@@ -103,3 +103,16 @@ def test_tens_ramps_up_and_is_never_restored(sim_device: SimFactory) -> None:
     assert states.index("ramping") < states.index("delivering")
     # After the lead-off nothing starts the output again: one start in the device's history.
     assert sum(1 for c in history(device) if c.on) == 1
+
+
+def test_a_latched_device_blocks_the_next_session_until_the_operator_clears_it(
+        sim_device: SimFactory) -> None:
+    device = sim_device("es-4", patient_stop_at=0.5)
+    assert run("es-4", device, 3.0).outcome == "aborted"
+    refused = run("es-4", device, 1.0)
+    assert refused.outcome == "rejected" and refused.exit_status == 3
+    assert "e-stop is latched" in refused.reason and "--clear-fault" in refused.reason
+    assert sum(1 for c in history(device) if c.on) == 1
+    cleared = run("es-4", device, 1.0, clear_fault=True)
+    assert cleared.outcome == "completed", cleared.reason
+    assert any(e.detail.get("op") == "clear_fault" for e in cleared.events)

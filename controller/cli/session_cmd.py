@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      metavar="NAME=VALUE", help="a prescription parameter (repeatable)")
     run.add_argument("--json", action="store_true",
                      help="print the session report as JSON on the last line of stdout")
+    run.add_argument("--clear-fault", action="store_true",
+                     help="clear a latched device fault or e-stop before starting (after "
+                          "checking the patient and the device); recorded")
     add_record_options(run)
     run.set_defaults(run=_run)
 
@@ -94,16 +97,19 @@ def _run(args: argparse.Namespace) -> int:
             error(f"note: session {row.id} was left open by a crash; marked interrupted "
                   f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
         report = run_session(profile, rx, args.port, store, args.operator, args.patient,
-                             live=sys.stdout.isatty() and not args.json)
+                             live=sys.stdout.isatty() and not args.json,
+                             clear_fault=args.clear_fault)
     print_report(report, args.json)
     return report.exit_status
 
 
 def run_session(profile: Profile, rx: Any, port: str, store: RecordStore | None,
-                operator: str, patient: str | None, live: bool) -> SessionReport:
+                operator: str, patient: str | None, live: bool,
+                clear_fault: bool = False) -> SessionReport:
     """Run a session on a worker thread; signals post stop requests to it."""
     display = LiveDisplay(profile.modality, profile.id) if live else None
-    session = Session(profile, rx, port, store=store, operator=operator, patient=patient)
+    session = Session(profile, rx, port, store=store, operator=operator, patient=patient,
+                      clear_fault=clear_fault)
     stops = {"count": 0}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
