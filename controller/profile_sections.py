@@ -138,7 +138,7 @@ class Safety(StrictModel):
     watchdog_s: float = Field(gt=0, le=MAX_WATCHDOG_S)
     poll_period_s: float = Field(gt=0)
     retry_budget: int = Field(ge=0, le=10)
-    """Consecutive failed exchanges tolerated before the session faults."""
+    """Retries per exchange; an exchange still failing after them ends the session."""
     timer_margin_s: float = Field(gt=0, le=120)
     """Device session timer = planned duration + this margin."""
     stale_after_s: float = Field(gt=0)

@@ -140,8 +140,6 @@ class Session:
             self._start_output()
             verdict, emergency = self._deliver()
             self._stop_output(verdict, emergency)
-        except _Done:
-            pass
         except _Reject as exc:
             self._reject(str(exc))
         except Exception as exc:
@@ -169,19 +167,20 @@ class Session:
         try:
             self.link = self._link_factory(self.profile, self.port)
         except ProtocolError as exc:
-            self.state.outcome, self.state.stop_source = checks.FAULT, ""
-            self.state.reason = f"cannot open {self.port}: {exc}"
-            self._event("fault", {"reason": self.state.reason})
-            self.state.fire("fail")
-            raise _Done() from None
+            raise _Reject(f"cannot open {self.port}: {exc}") from None
         self.link.set_event_handler(self._device_events.append)
         self.state.fire("connected")
 
     def _identify(self) -> None:
         assert self.link is not None
-        self.identity = self.link.run("identify", self.variables)
-        self._event("reply", {"op": "identify", "identity": _plain(self.identity)})
-        telemetry = self.link.telemetry(self.variables)
+        try:
+            self.identity = self.link.run("identify", self.variables)
+            self._event("reply", {"op": "identify", "identity": _plain(self.identity)})
+            telemetry = self.link.telemetry(self.variables)
+        except ProtocolError as exc:
+            # Identification only reads: nothing was written, so nothing may start.
+            raise _Reject(f"device did not identify as a {self.profile.model}: {exc}") \
+                from None
         problem = checks.latched_fault(self.profile, telemetry)
         if problem and self._clear_fault and self.link.has("clear_fault") \
                 and not telemetry.get("output_on"):
@@ -522,10 +521,6 @@ class Session:
                 report.reason += f"; records: {exc}"
         self.report = report
         return report
-
-
-class _Done(Exception):
-    """The session has already reached a terminal state."""
 
 
 def _plain(values: Mapping[str, object]) -> dict[str, Any]:

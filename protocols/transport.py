@@ -72,7 +72,8 @@ class SerialTransport:
         self._timeout = MAX_READ_SLICE_S
         parity = settings.parity
         if parity != serial.PARITY_NONE and is_pseudo_terminal(port):
-            # Linux ptys refuse PARENB (EINVAL) and would not emulate it anyway.
+            # A pty has no UART, so parity is not emulated; and setting PARENB on one
+            # fails with EINVAL whenever it is the only change (a reopen, exclusive=True).
             log.info("%s is a pseudo-terminal: parity %s not applied", port, parity)
             parity = serial.PARITY_NONE
         try:

@@ -174,7 +174,8 @@ class ScpiEndpoint:
             raise ScpiError(COMMAND_ERROR)
         if mark is not None:
             body = line[:mark.start()]
-            if checksum(body) != int(mark.group(1), 16):
+            # The spec's checksum is two upper-case hex digits: "3e" does not match "3E".
+            if mark.group(1) != b"%02X" % checksum(body):
                 raise ScpiError(self.map.checksum_error_code)
             line = body
         text = line.decode("ascii", errors="replace")

@@ -240,7 +240,9 @@ class ThermalModel(ModelBase):
         if self.service_mode:
             raise Refused("invalid_state", "in calibration mode")
         if self.running:
-            return                                # already on: the run continues unchanged
+            # The spec: enabling loads the session timer from run_time, also while running.
+            self.run_ends = now + self.timer_s
+            return
         self.running = True
         self.watchdog_flag = self.timer_flag = False
         self.run_started = now

@@ -224,6 +224,8 @@ class UltrasoundModel(ModelBase):
         self._output_off(now, "stop", "idle")
         self.settings = dict(DEFAULTS)
         self.watchdog_s = 0.0
+        # The spec's defaults include "gain 1.000": *RST restores it (the date stays).
+        self.cal_gain = DEFAULT_CAL_GAIN
         self.service_mode = False
         self.elapsed_s = 0.0
         self.session_loaded = False
