@@ -135,7 +135,7 @@ CASES: list[Case | Any] = [
          replace("  baudrate: 19200", "\tbaudrate: 19200"),
          ("YAML syntax error", "'\\t'"), "\tbaudrate"),
     Case("duplicate-key", "hc-200",
-         replace("  retry_budget: 3", "  retry_budget: 3\n  retry_budget: 4"),
+         replace("  retry_budget: 4", "  retry_budget: 3\n  retry_budget: 4"),
          ("YAML syntax error: duplicate key 'retry_budget' (first on line",), "retry_budget: 4"),
     Case("duplicate-key-in-flow-mapping", "hc-200",
          replace("pad_temp:   {address: 0,", "pad_temp:   {address: 0, address: 1,"),
@@ -171,7 +171,7 @@ CASES: list[Case | Any] = [
          ("unknown key 'colour'", "allowed here:", "spec_version", "safety", "calibration"),
          "colour: blue"),
     Case("unknown-nested-key", "hc-200",
-         replace("  retry_budget: 3", "  retry_budget: 3\n  retries: 4"),
+         replace("  retry_budget: 4", "  retry_budget: 3\n  retries: 4"),
          ("safety: unknown key 'retries'", "allowed here:", "watchdog_s", "poll_period_s",
           "timer_margin_s"), "retries: 4"),
     Case("unknown-key-in-modbus-register", "hc-200",
@@ -477,7 +477,7 @@ def test_every_problem_is_listed_not_just_the_first(tmp_path: Path) -> None:
 
 
 def test_duplicate_key_names_both_lines(tmp_path: Path) -> None:
-    text = str(replace("  retry_budget: 3", "  retry_budget: 3\n  retry_budget: 4")(
+    text = str(replace("  retry_budget: 4", "  retry_budget: 3\n  retry_budget: 4")(
         shipped_text("hc-200")))
     path = tmp_path / "dup.yaml"
     path.write_text(text, encoding="utf-8")
