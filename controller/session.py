@@ -320,6 +320,7 @@ class Session:
         return Verdict(checks.ABORTED, source, req.reason), req.emergency
 
     def _wait(self, timeout: float) -> None:
+        """Wait for a posted request or the timeout (a seam for clock-driven unit tests)."""
         if timeout <= 0:
             return
         try:
@@ -410,7 +411,11 @@ class Session:
                 log.debug("confirming stop: %s", exc)
             if self.clock() >= deadline:
                 return False
-            time.sleep(CONFIRM_POLL_S)
+            self._pause(CONFIRM_POLL_S)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep on the worker (a seam: clock-driven unit tests advance a fake clock)."""
+        time.sleep(seconds)
 
     def _fail(self, verdict: Verdict) -> None:
         """A failure anywhere: if an output may be on, stop it; record why."""

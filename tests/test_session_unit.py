@@ -1,0 +1,175 @@
+"""The session worker on an injected clock with an in-memory device: no pty, no real time.
+
+The fake clock only moves when the worker waits or pauses, so the timing logic
+(planned end, poll cadence, coupling hold, stale telemetry, stop confirmation)
+is checked exactly and instantly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from controller.prescription import build_prescription
+from controller.profile import Profile
+from controller.profile_loader import resolve_profile
+from controller.session import Session
+from protocols.engine import EventHandler
+from protocols.errors import LinkTimeout
+from protocols.map_common import Scalar
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeLink:
+    """Stands in for DeviceLink: scripted telemetry as a function of fake time."""
+
+    def __init__(self, profile: Profile, clock: FakeClock,
+                 telemetry: Any, fail_after: float | None = None) -> None:
+        self.profile = profile
+        self.clock = clock
+        self.script = telemetry
+        self.fail_after = fail_after
+        self.ops: list[tuple[float, str]] = []
+        self.polls: list[float] = []
+        self.on = False
+        self.started_at = 0.0
+
+    def has(self, op: str) -> bool:
+        return op in self.profile.operations.defined()
+
+    def run(self, op: str, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        self.ops.append((self.clock(), op))
+        if op == "start":
+            self.on, self.started_at = True, self.clock()
+        elif op in ("stop", "emergency_stop"):
+            self.on = False
+        return {"model": 0x4843} if op == "identify" else {}
+
+    def telemetry(self, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        t = self.clock()
+        if self.fail_after is not None and self.started_at \
+                and t - self.started_at >= self.fail_after:
+            raise LinkTimeout("no reply")     # the link stays dead from then on
+        self.polls.append(t)
+        values: dict[str, Scalar] = dict(self.script(t - self.started_at, self.on))
+        values["output_on"] = self.on
+        return values
+
+    def set_event_handler(self, handler: EventHandler | None) -> None:
+        pass
+
+    def poll_events(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ClockedSession(Session):
+    """Waits and pauses advance the fake clock instead of real time."""
+
+    fake: FakeClock
+
+    def _wait(self, timeout: float) -> None:
+        if timeout > 0:
+            self.fake.now += timeout
+
+    def _pause(self, seconds: float) -> None:
+        self.fake.now += seconds
+
+
+def thermal(elapsed: float, on: bool) -> dict[str, Scalar]:
+    return {"temperature_c": 36.0, "setpoint_c": 40.0, "fault_code": 0, "elapsed_s": 0,
+            "remaining_s": 10, "pad_connected": True, "watchdog_expired": False,
+            "timer_expired": False, "trip_high": False, "trip_low": False}
+
+
+def ultrasound_with_gap(gap: tuple[float, float]) -> Any:
+    def script(elapsed: float, on: bool) -> dict[str, Scalar]:
+        held = on and gap[0] <= elapsed < gap[1]
+        return {"state": ("holding" if held else "running") if on else "idle",
+                "contact_pct": 20 if held else (90 if on else 0), "fault_code": 0,
+                "power_w": 0.0 if held or not on else 7.5, "applicator_temp_c": 30.0,
+                "intensity_w_cm2": 1.5, "era_cm2": 5.0, "elapsed_s": 0, "remaining_s": 9}
+    return script
+
+
+def make(pid: str, settings: dict[str, str], duration: float, script: Any,
+         fail_after: float | None = None) -> tuple[ClockedSession, FakeLink, FakeClock]:
+    profile = resolve_profile(pid).profile
+    clock = FakeClock()
+    link = FakeLink(profile, clock, script, fail_after)
+    rx = build_prescription(profile, settings, duration)
+    session = ClockedSession(profile, rx, "fake", clock=clock,
+                             link_factory=lambda p, port: link)  # type: ignore[arg-type,return-value]
+    session.fake = clock
+    return session, link, clock
+
+
+def test_planned_end_is_exact_on_the_injected_clock() -> None:
+    session, link, _ = make("hc-200", {"temperature_c": "40"}, 600.0, thermal)
+    report = session.run()
+    assert report.outcome == "completed"
+    start = next(t for t, op in link.ops if op == "start")
+    stop = next(t for t, op in link.ops if op == "stop")
+    assert stop - start == pytest.approx(600.0, abs=1e-9)
+    assert report.delivered_s == pytest.approx(600.0)
+
+
+def test_polls_at_least_three_times_per_watchdog_period() -> None:
+    session, link, _ = make("hc-200", {"temperature_c": "40"}, 60.0, thermal)
+    session.run()
+    gaps = [b - a for a, b in zip(link.polls, link.polls[1:], strict=False)]
+    watchdog = session.profile.safety.watchdog_s
+    assert max(gaps) <= watchdog / 3 + 1e-9
+    assert len(link.polls) >= 60.0 / session.profile.safety.poll_period_s - 2
+
+
+def test_backstops_are_armed_before_start() -> None:
+    session, link, _ = make("hc-200", {"temperature_c": "40"}, 10.0, thermal)
+    session.run()
+    ops = [op for _, op in link.ops]
+    assert ops.index("configure") < ops.index("arm") < ops.index("start")
+    assert session.variables["timer_s"] >= 10.0 + session.profile.safety.timer_margin_s
+    assert 0 < float(session.variables["watchdog_s"]) <= 2.0
+
+
+def test_coupling_gap_moves_the_end_by_the_hold() -> None:
+    session, link, _ = make("us-300", {"intensity_w_cm2": "1.5"}, 30.0,
+                            ultrasound_with_gap((10.0, 15.0)))
+    report = session.run()
+    assert report.outcome == "completed", report.reason
+    start = next(t for t, op in link.ops if op == "start")
+    stop = next(t for t, op in link.ops if op == "stop")
+    assert stop - start == pytest.approx(35.0, abs=0.25)     # 30 s treatment + 5 s hold
+    assert report.dose["treatment_s"] == pytest.approx(30.0, abs=0.25)
+
+
+def test_coupling_lost_too_long_ends_the_session() -> None:
+    session, link, _ = make("us-300", {"intensity_w_cm2": "1.5"}, 300.0,
+                            ultrasound_with_gap((10.0, 1000.0)))
+    report = session.run()
+    assert report.outcome == "fault" and report.stop_source == "interlock"
+    assert "coupling lost" in report.reason
+    stop = next(t for t, op in link.ops if op in ("stop", "emergency_stop"))
+    start = next(t for t, op in link.ops if op == "start")
+    max_hold = session.profile.rules["max_contact_hold_s"]
+    assert stop - start == pytest.approx(10.0 + max_hold, abs=0.5)
+
+
+def test_lost_link_mid_session_is_a_fault_and_the_stop_is_attempted() -> None:
+    session, link, _ = make("hc-200", {"temperature_c": "40"}, 60.0, thermal, fail_after=5.0)
+    report = session.run()
+    assert report.outcome == "fault" and report.exit_status == 5
+    assert "communication" in report.reason and "stop not confirmed" in report.reason
+    assert report.stop_source == "device_watchdog"
+    assert any(op in ("stop", "emergency_stop") for _, op in link.ops)
