@@ -13,6 +13,9 @@ session worker without blocking it or being blocked. Writes in this process are 
 lock and run as ``BEGIN IMMEDIATE`` transactions, which also makes the audit chain's
 read-last-hash-then-append atomic across processes (they wait up to `BUSY_TIMEOUT_S`).
 
+Registered devices, bookings and calibrations live in the same file; their queries are in
+`controller.clinic_records.ClinicRecords`, a mixin of `RecordStore`.
+
 Sessions left open are recognised as crashed by their owner lock: each store that opens a session
 holds an flock on ``<db>.owners/<token>.lock``; the OS drops it when the process dies, so a second
 controller running beside this one never has its live sessions marked interrupted.
@@ -35,6 +38,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
+
+from controller.clinic_records import CLINIC_MIGRATION, ClinicRecords
 
 try:
     import fcntl
@@ -83,6 +88,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
             BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
     ),
+    CLINIC_MIGRATION,  # devices, bookings, calibrations (controller/clinic_records.py)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -194,7 +200,7 @@ def _audit_hash(prev_hash: str, entry_id: int, at: str, actor: str, action: str,
     return hashlib.sha256((prev_hash + content).encode()).hexdigest()
 
 
-class RecordStore:
+class RecordStore(ClinicRecords):
     """The records database. Use as a context manager, or call `close()` once the other
     threads using it are done (it closes every thread's connection)."""
 

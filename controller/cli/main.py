@@ -10,10 +10,15 @@ from collections.abc import Sequence
 
 from controller import __version__
 from controller.cli import (
+    book_cmd,
+    calibrate_cmd,
     demo_cmd,
+    devices_cmd,
     diagram_cmd,
+    plan_cmd,
     profiles_cmd,
     records_cmd,
+    serve_cmd,
     session_cmd,
     simulate_cmd,
 )
@@ -24,7 +29,7 @@ from controller.yaml_source import SourceError
 # Set to show a traceback for internal errors (for developers only).
 DEBUG_ENV = "MODCTL_DEBUG"
 COMMAND_MODULES = (profiles_cmd, session_cmd, simulate_cmd, records_cmd, demo_cmd,
-                   diagram_cmd)
+                   diagram_cmd, plan_cmd, calibrate_cmd, devices_cmd, book_cmd, serve_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

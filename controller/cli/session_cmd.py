@@ -6,9 +6,11 @@ import argparse
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+from controller.calibration_gate import check_calibration
 from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error
 from controller.cli.live_display import LiveDisplay
 from controller.prescription import (
@@ -22,6 +24,7 @@ from controller.prescription import (
 from controller.profile import Profile
 from controller.profile_loader import ProfileError, resolve_profile
 from controller.records import RecordsError, RecordStore, default_db_path
+from controller.roles import RoleRefused, RolesError, load_roles
 from controller.scheduling import every, make_scheduler
 from controller.session import Session
 from controller.session_report import SessionReport
@@ -73,6 +76,12 @@ def load_for_session(ref: str) -> Profile:
 
 
 def _run(args: argparse.Namespace) -> int:
+    try:  # roles (docs/bookings.md): a session needs the clinician role
+        roles = load_roles()
+        operator = roles.require("clinician", args.operator, "run a session")
+    except (RoleRefused, RolesError) as exc:
+        error(f"rejected: {exc}")
+        return EXIT_REJECTED
     profile = load_for_session(args.profile)
     try:
         duration = parse_duration(args.duration)
@@ -96,7 +105,16 @@ def _run(args: argparse.Namespace) -> int:
         for row in store.mark_interrupted_sessions():
             error(f"note: session {row.id} was left open by a crash; marked interrupted "
                   f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
-        report = run_session(profile, rx, args.port, store, args.operator, args.patient,
+        # DESIGN §2.1: never an output on a device whose calibration is overdue.
+        refusal = check_calibration(
+            store, profile, args.port, datetime.now(UTC),
+            require_registered=roles.clinic.require_registered_devices)
+        if refusal is not None:
+            error(f"rejected: {refusal}")
+            if args.json:
+                print(_refusal_json(profile, settings, duration, refusal))
+            return EXIT_REJECTED
+        report = run_session(profile, rx, args.port, store, operator, args.patient,
                              live=sys.stdout.isatty() and not args.json,
                              clear_fault=args.clear_fault)
     print_report(report, args.json)
@@ -166,8 +184,13 @@ def _print_report(report: SessionReport, as_json: bool) -> None:
 
 def _rejection_json(profile: Profile, settings: dict[str, str], duration: float,
                     exc: PrescriptionRejected) -> str:
+    return _refusal_json(profile, settings, duration, "; ".join(exc.messages()))
+
+
+def _refusal_json(profile: Profile, settings: dict[str, str], duration: float,
+                  reason: str) -> str:
     report = SessionReport(
-        session_id="", outcome="rejected", reason="; ".join(exc.messages()), profile=profile.id,
+        session_id="", outcome="rejected", reason=reason, profile=profile.id,
         device={}, prescription={"requested": settings, "duration_s": duration},
         planned_s=duration, delivered_s=0.0, stop_source="", dose={})
     return report.to_json()
