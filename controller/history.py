@@ -15,15 +15,13 @@ import csv
 import io
 import json
 import math
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from controller.records import BUSY_TIMEOUT_S, RecordsError, RecordStore
+from controller.records import RecordStore, SampleRow
 
 # list_sessions has no "all": the largest SQL integer is its way of saying so.
-ALL_SESSIONS = 2**63 - 1
 UNKNOWN_MODALITY = "unknown"
 MODALITY_ORDER = ("thermal", "ultrasound", "tens")
 
@@ -122,14 +120,7 @@ class PatientHistory:
                 "totals": {t.modality: t.to_json() for t in self.totals}}
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One telemetry sample: `t_s` seconds since the session began."""
-
-    t_s: float
-    data: dict[str, Any]
-    delivered_s: float | None = None
-    dose: dict[str, Any] | None = None
+Sample = SampleRow
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -171,7 +162,7 @@ def history_from_sessions(patient: str,
 
 def patient_history(store: RecordStore, patient: str) -> PatientHistory:
     """Every session of `patient` in the store, oldest first, with totals per modality."""
-    rows = store.list_sessions(ALL_SESSIONS, patient=patient)
+    rows = store.list_sessions(None, patient=patient)
     return history_from_sessions(patient, (r.to_json() for r in rows))
 
 
@@ -254,24 +245,5 @@ def export_patient_json(store: RecordStore, patient: str) -> str:
 # -- telemetry --------------------------------------------------------------------------------
 
 def session_samples(store: RecordStore, session_id: str) -> list[Sample]:
-    """A session's telemetry samples in time order. `session_id` is the full id.
-
-    Stand-in for a `RecordStore.get_samples(session_id)` method, which the records module
-    lacks: replace the body with a call to it once it exists. Reads on its own read-only
-    connection so it can never write to the records.
-    """
-    store.flush()  # this process's buffered samples first
-    uri = f"{store.path.resolve().as_uri()}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
-        try:
-            rows = conn.execute(
-                "SELECT t_s, data, delivered_s, dose FROM samples WHERE session_id = ?"
-                " ORDER BY t_s, rowid", (session_id,)).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise RecordsError(store.path, f"cannot read telemetry: {exc}") from exc
-    return [Sample(float(t), json.loads(data), delivered,
-                   None if dose is None else json.loads(dose))
-            for t, data, delivered, dose in rows]
+    """A session's telemetry samples in time order. `session_id` is the full id."""
+    return store.get_samples(session_id)

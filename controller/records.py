@@ -112,6 +112,16 @@ class RecordsError(Exception):
 
 
 @dataclass(frozen=True)
+class SampleRow:
+    """One telemetry sample: `t_s` seconds since the session began."""
+
+    t_s: float
+    data: dict[str, Any]
+    delivered_s: float | None = None
+    dose: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class EventRow:
     seq: int
     t_s: float
@@ -570,15 +580,25 @@ class RecordStore(ClinicRecords):
         row = conn.execute("SELECT * FROM sessions WHERE id = ?", (sid,)).fetchone()
         return self._row(row, events)
 
-    def list_sessions(self, limit: int = 50, patient: str | None = None,
+    def list_sessions(self, limit: int | None = 50, patient: str | None = None,
                       profile: str | None = None) -> list[SessionRow]:
-        """Newest first, without events."""
+        """Newest first, without events; `limit=None` lists them all."""
         with self._read("list sessions") as conn:
             rows = conn.execute(
                 "SELECT * FROM sessions WHERE (?1 IS NULL OR patient = ?1)"
                 " AND (?2 IS NULL OR profile = ?2) ORDER BY started_at DESC, id DESC LIMIT ?3",
-                (patient, profile, limit)).fetchall()
+                (patient, profile, -1 if limit is None else limit)).fetchall()
         return [self._row(r) for r in rows]
+
+    def get_samples(self, session_id: str) -> list[SampleRow]:
+        """A session's telemetry in time order (this store's buffered samples included)."""
+        self.flush()
+        with self._read("read telemetry") as conn:
+            rows = conn.execute(
+                "SELECT t_s, data, delivered_s, dose FROM samples WHERE session_id = ?"
+                " ORDER BY t_s, rowid", (session_id,)).fetchall()
+        return [SampleRow(r["t_s"], _loads(r["data"]), r["delivered_s"], _loads(r["dose"]))
+                for r in rows]
 
     def get_session(self, session_id: str) -> SessionRow | None:
         """One session with its events; a unique prefix of the id is enough."""
