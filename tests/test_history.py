@@ -22,7 +22,7 @@ from controller.history import (
     session_modality,
     session_samples,
 )
-from controller.records import RecordsError, RecordStore
+from controller.records import RecordStore
 
 PROFILE_OF = {"thermal": "hc-200", "ultrasound": "us-300", "tens": "es-4"}
 # The reference doses of DESIGN §3, one session each.
@@ -233,18 +233,3 @@ def test_session_samples_in_time_order(store: RecordStore) -> None:
     assert samples[0].delivered_s == 0.2 and samples[0].dose == {"cem43_min": 0.2}
     assert [s.data for s in session_samples(store, other)] == [{"x": 1}]
     assert session_samples(store, "NO-SUCH-SESSION") == []
-
-
-def test_session_samples_reads_only(tmp_path: Path) -> None:
-    """Its connection is read-only: a database gone from under the store is reported, never
-    created again."""
-    path = tmp_path / "records.sqlite3"
-    store = RecordStore(path)
-    store.close()
-    for leftover in tmp_path.glob("records.sqlite3*"):
-        if leftover.is_file():
-            leftover.unlink()
-    with pytest.raises(RecordsError) as info:
-        session_samples(store, "S")
-    assert str(path) in str(info.value) and "cannot read telemetry" in str(info.value)
-    assert not path.exists()
