@@ -10,6 +10,7 @@ through `_stop_output`, which commands the output off and confirms it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -30,7 +31,7 @@ from controller.session_checks import Verdict
 from controller.session_machine import ACTIVE_OUTPUT, SessionState, build_machine
 from controller.session_report import SessionReport, TimelineEvent
 from protocols.engine import DeviceEvent
-from protocols.errors import ProtocolError
+from protocols.errors import DeviceRefused, ProtocolError
 from protocols.map_common import Scalar
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,17 @@ _STARTED_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class StopRequest:
-    source: str          # operator | patient
+    source: str          # operator | patient | fault (the controller itself, e.g. records)
     emergency: bool
     reason: str
+
+
+class _StopWith(Exception):
+    """End the session with this verdict (raised where the output may be on)."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.reason)
+        self.verdict = verdict
 
 
 class _Reject(Exception):
@@ -84,6 +93,8 @@ class Session:
         self._link_factory = link_factory
         self._on_update = on_update
         self._clear_fault = clear_fault
+        self._records_failed = ""
+        self._sent_estop = False
         self._requests: queue.Queue[StopRequest | None] = queue.Queue()
         self._device_events: list[DeviceEvent] = []
         self.state = SessionState()
@@ -142,6 +153,8 @@ class Session:
             self._stop_output(verdict, emergency)
         except _Reject as exc:
             self._reject(str(exc))
+        except _StopWith as exc:
+            self._stop_output(exc.verdict, emergency=False)
         except Exception as exc:
             log.debug("session failed", exc_info=True)
             what = "communication" if isinstance(exc, ProtocolError) else "internal error"
@@ -220,14 +233,34 @@ class Session:
             self._event("command", {"op": op, "watchdog_s": self.variables["watchdog_s"],
                                     "timer_s": self.variables["timer_s"]}
                         if op == "arm" else {"op": op})
+        if self._records_failed:
+            raise _Reject(f"records failed: {self._records_failed}; nothing is started "
+                          "that cannot be recorded")
         # From here the output may be on: every exit path stops it.
         self.t_start = self.clock()
-        self.link.run("start", self.variables)
+        try:
+            self.link.run("start", self.variables)
+        except DeviceRefused as exc:
+            raise _StopWith(self._why_refused(exc)) from None
         self._last_ok = self.clock()
         if isinstance(self.meter, UltrasoundDoseMeter):
             self.meter.hold.start(self.t_start)
         self.state.fire("output_started")
         self._event("command", {"op": "start", "planned_s": self.rx.duration_s})
+
+    def _why_refused(self, exc: DeviceRefused) -> Verdict:
+        """The device refused to start: its own reason (an event, a flag) if it gives one."""
+        assert self.link is not None
+        self.link.poll_events()
+        verdict = self._event_verdict()
+        if verdict is None:
+            try:
+                verdict = checks.device_interlock(self.profile,
+                                                  self.link.telemetry(self.variables))
+            except ProtocolError:
+                verdict = None
+        return verdict or Verdict(checks.FAULT, checks.BY_CONTROLLER,
+                                  f"device refused to start: {exc}")
 
     def _deliver(self) -> tuple[Verdict, bool]:
         """Run until something ends the output; returns why, and whether to e-stop."""
@@ -272,15 +305,24 @@ class Session:
         self.last_telemetry = t
         self.meter.add_sample(at, t)
         if self.store is not None and self.session_id:
-            self.store.add_sample(self.session_id, _plain(t), t_s=at - self.t0,
-                                  delivered_s=self._delivered(at), dose=self.meter.figures())
-        if not checks.output_running(self.profile, t):
-            self.t_off = at
-            return checks.explain_stop(self.profile, t)
-        reason = self.meter.check(t)
-        if reason is not None:
-            return Verdict(checks.FAULT, checks.BY_INTERLOCK, reason)
-        verdict = checks.verify(self.profile, self.rx, t)
+            try:
+                self.store.add_sample(self.session_id, _plain(t), t_s=at - self.t0,
+                                      delivered_s=self._delivered(at),
+                                      dose=self.meter.figures())
+            except RecordsError as exc:
+                return Verdict(checks.FAULT, checks.BY_CONTROLLER, f"records failed: {exc}")
+        verdict = self._judge(t, at)
+        if verdict is not None and checks.output_running(self.profile, t) \
+                and verdict.stop_source == checks.BY_CONTROLLER:
+            # One telemetry read is several exchanges: a device that tripped between
+            # them looks inconsistent. Read once more before blaming a mismatch.
+            try:
+                again = self.link.telemetry(self.variables)
+            except ProtocolError as exc:
+                return Verdict(checks.FAULT, checks.BY_CONTROLLER, f"communication: {exc}")
+            at = self.clock()
+            self.last_telemetry = t = again
+            verdict = self._judge(t, at)
         if verdict is not None:
             return verdict
         self._last_running = t
@@ -288,6 +330,17 @@ class Session:
         if self._on_update is not None:
             self._on_update(self.snapshot())
         return None
+
+    def _judge(self, t: Mapping[str, object], at: float) -> Verdict | None:
+        """Output off unasked, an interlock on a measured value, or a mismatch."""
+        assert self.meter is not None
+        if not checks.output_running(self.profile, t):
+            self.t_off = at
+            return checks.explain_stop(self.profile, t)
+        reason = self.meter.check(t)
+        if reason is not None:
+            return Verdict(checks.FAULT, checks.BY_INTERLOCK, reason)
+        return checks.verify(self.profile, self.rx, t)
 
     def _follow_state(self, t: Mapping[str, object], at: float, ramp_s: float) -> None:
         assert self.t_start is not None
@@ -300,7 +353,8 @@ class Session:
         elif state == "holding" and t.get("state") == "running":
             self.state.fire("contact_restored")
 
-    def _pending_verdict(self) -> tuple[Verdict, bool] | None:
+    def _event_verdict(self) -> Verdict | None:
+        """The first pending device event that ends this session, if any."""
         while self._device_events:
             event = self._device_events.pop(0)
             self._event("reply", {"event": event.kind, **_plain(event.fields)})
@@ -308,14 +362,23 @@ class Session:
             verdict = checks.event_verdict(self.profile, event,
                                            int(channel) if channel is not None else None)
             if verdict is not None:
-                self.t_off = event.received_at
-                return verdict, False
+                if self.t_off is None:
+                    self.t_off = event.received_at
+                return verdict
+        return None
+
+    def _pending_verdict(self) -> tuple[Verdict, bool] | None:
+        verdict = self._event_verdict()
+        if verdict is not None:
+            return verdict, False
         try:
             req = self._requests.get_nowait()
         except queue.Empty:
             return None
         if req is None:
             return None
+        if req.source == "fault":
+            return Verdict(checks.FAULT, checks.BY_CONTROLLER, req.reason), False
         source = checks.BY_PATIENT if req.source == "patient" else checks.BY_OPERATOR
         return Verdict(checks.ABORTED, source, req.reason), req.emergency
 
@@ -352,6 +415,7 @@ class Session:
         self._event("decision", {"outcome": verdict.outcome, "stop_source": verdict.stop_source,
                                  "reason": verdict.reason, "emergency": emergency})
         self.stop_confirmed = self._confirm_stopped()
+        self._device_cause_outranks(verdict)
         if not self.stop_confirmed:
             # Doubt is a fault: a session whose stop is unconfirmed never reads "completed".
             self.state.outcome = checks.FAULT
@@ -361,6 +425,25 @@ class Session:
                 self.state.stop_source = checks.BY_DEVICE_WATCHDOG
             self._event("fault", {"reason": "stop not confirmed by device"})
         self.state.fire("stop_done")
+
+    def _device_cause_outranks(self, verdict: Verdict) -> None:
+        """A device that stopped on its own (interlock, lead off, patient stop) while we
+        were stopping it has the last word: the cause is recorded, not lost."""
+        if self.link is None:
+            return
+        with contextlib.suppress(ProtocolError):
+            self.link.poll_events()
+        cause = self._event_verdict()
+        if cause is None and self.last_telemetry and not self._sent_estop:
+            # After our own e-stop a latched e-stop flag is ours, not the device's cause.
+            cause = checks.device_interlock(self.profile, self.last_telemetry)
+        if cause is None or verdict.outcome == checks.FAULT or \
+                (cause.outcome, cause.stop_source) == (verdict.outcome, verdict.stop_source):
+            return
+        self.state.outcome, self.state.stop_source = cause.outcome, cause.stop_source
+        self.state.reason = f"{cause.reason} (while stopping: {verdict.reason})"
+        self._event("decision", {"outcome": cause.outcome, "stop_source": cause.stop_source,
+                                 "reason": self.state.reason})
 
     def _close_dose(self) -> None:
         """Account the dose up to the stop: the last running state held until then.
@@ -387,6 +470,7 @@ class Session:
         errors = []
         for op in ops:
             try:
+                self._sent_estop = op == "emergency_stop"
                 self.link.run(op, variables)
                 self._event("command", {"op": op, "ramp_down_s": variables["ramp_down_s"]})
                 return
@@ -502,10 +586,12 @@ class Session:
                                      delivered_s=self._delivered(self.clock()),
                                      dose=self.meter.figures() if self.meter else None)
             except RecordsError as exc:
-                # Never let a records failure keep an output running: fault the session.
+                # Never let a records failure keep an output running: fault the session;
+                # before output, nothing starts (see _start_output).
                 log.error("records: %s", exc)
+                self._records_failed = str(exc)
                 if self.state.state in ACTIVE_OUTPUT:
-                    self._requests.put(StopRequest("operator", True, f"records failed: {exc}"))
+                    self._requests.put(StopRequest("fault", False, f"records failed: {exc}"))
 
     def _finish(self) -> SessionReport:
         outcome = self.state.outcome or checks.FAULT

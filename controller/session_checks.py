@@ -84,6 +84,16 @@ def explain_stop(profile: Profile, t: Mapping[str, object]) -> Verdict:
     return Verdict(FAULT, BY_INTERLOCK, "the device stopped the output for no reported reason")
 
 
+def device_interlock(profile: Profile, t: Mapping[str, object]) -> Verdict | None:
+    """A cause the device reports for an output being off that is a fault or a patient
+    stop (not a plain "off", not its timer): it outranks a stop the controller sent."""
+    verdict = explain_stop(profile, t)
+    if verdict.stop_source in (BY_INTERLOCK, BY_PATIENT) and \
+            "no reported reason" not in verdict.reason:
+        return verdict
+    return None
+
+
 def latched_fault(profile: Profile, t: Mapping[str, object]) -> str | None:
     """A latched fault reported at identification: no output may start."""
     m = profile.modality

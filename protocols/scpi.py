@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 # The device error queue holds this many entries; one more query sees "no error".
 ERROR_QUEUE_DEPTH = 8
 MAX_DRAIN_QUERIES = ERROR_QUEUE_DEPTH + 1
+# After a timeout the reply may still come, and a line protocol cannot tell which
+# request a line answers. So the next request waits until the line has been quiet
+# for this many reply timeouts (discarding what arrives), at most MAX_SETTLE_S.
+SETTLE_QUIET_TIMEOUTS = 2.0
+MAX_SETTLE_S = 1.0
 LF = b"\n"
 
 T = TypeVar("T")
@@ -67,6 +72,7 @@ class ScpiEngine:
         self._timeout = reply_timeout_s
         self._retries = retries
         self._buf = bytearray()
+        self._unsettled = False   # a request timed out: a late reply may be on its way
         # Replies are framed by the last byte of the map's terminator (LF for "\r\n").
         self._eol = pmap.reply_terminator.encode("ascii")[-1:] or LF
         # Content before the LF: the line and its CR; longer is a runaway or garbage line.
@@ -170,6 +176,8 @@ class ScpiEngine:
     def _exchange(self, entry: str, line: bytes) -> str:
         """Send one line and return the text of the reply line; no retries."""
         try:
+            if self._unsettled:
+                self._settle(entry)
             self._t.discard_input()  # a late reply to an earlier request is stale now
             self._buf.clear()
             self._t.write(line)
@@ -199,6 +207,7 @@ class ScpiEngine:
                 break
             first = t.read(1, deadline)  # blocks until a byte or the deadline
             if not first:
+                self._unsettled = True
                 raise LinkTimeout(f"{entry}: no reply within {self._timeout:g} s "
                                   f"(got {bytes(buf)!r})")
             buf += first
@@ -206,6 +215,25 @@ class ScpiEngine:
         buf.clear()
         raise CorruptReply(f"{entry}: reply line longer than {self._map.max_line_length} "
                            "characters")
+
+    def _settle(self, entry: str) -> None:
+        """Wait for the line to go quiet after a timeout, discarding late replies."""
+        quiet = SETTLE_QUIET_TIMEOUTS * self._timeout
+        now = time.monotonic()
+        give_up, last = now + MAX_SETTLE_S, now
+        dropped = 0
+        while now < give_up and now - last < quiet:
+            chunk = self._t.read(256, min(give_up, last + quiet))
+            now = time.monotonic()
+            if chunk:
+                dropped += len(chunk)
+                last = now
+        if now - last < quiet:
+            raise LinkTimeout(f"{entry}: the line did not go quiet after a timeout "
+                              f"({dropped} bytes in {MAX_SETTLE_S:g} s)")
+        if dropped:
+            log.info("%s: discarded %d late bytes after a timeout", entry, dropped)
+        self._unsettled = False
 
     def _drain(self, entry: str) -> list[tuple[int, str]]:
         """Pop the device error queue until it reports no error; best effort, bounded."""

@@ -100,6 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         store = RecordStore(default_db_path(args.db))
     except RecordsError as exc:
         error(f"rejected: {exc}; the session does not start")
+        if args.json:
+            print(_refusal_json(profile, settings, duration, f"records unavailable: {exc}"))
         return EXIT_REJECTED
     with store:
         for row in store.mark_interrupted_sessions():
