@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -35,6 +36,7 @@ from controller.session_report import SessionReport
 from controller.yaml_source import (
     SourceError,
     YamlDocument,
+    one_line,
     read_yaml_mapping,
     validation_problems,
 )
@@ -250,7 +252,7 @@ def load_plan(ref: str | Path) -> Plan:
     text = str(ref)
     if text in presets:
         return load_plan_file(presets[text])
-    if Path(text).is_file():
+    if os.path.isfile(text):   # False on any OSError (a name too long, say)
         return load_plan_file(text)
     known = ", ".join(presets) or "none"
     raise PlanError(text, [f"{text}: no such plan: not a preset (presets: {known}) nor a "
@@ -285,7 +287,7 @@ def _load_profiles(doc: YamlDocument, spec: PlanSpec, problems: list[str]) -> di
         where = ("devices", role, "profile")
         ref = device.profile
         candidate = ref if ref in shipped or Path(ref).is_absolute() else str(base / ref)
-        if ref not in shipped and not Path(candidate).is_file():
+        if ref not in shipped and not os.path.isfile(candidate):
             problems.append(_at(doc, where, f"no such profile '{ref}': not a shipped profile "
                                 f"id (shipped: {', '.join(shipped)}) nor a file "
                                 f"(looked for {candidate})"))
@@ -335,7 +337,7 @@ def _at(doc: YamlDocument, loc: tuple[str | int, ...], message: str) -> str:
     field = ""
     for part in loc:
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else part)
-    return f"{where}: {field}: {message}"
+    return f"{where}: {field}: {one_line(message)}"
 
 
 def _plain(text: str) -> str:

@@ -278,6 +278,10 @@ def _with_facts(profile: Profile, draft: Prescription, valid: Mapping[str, Value
     return checked, problems
 
 
+# No device parameter needs more digits than this; longer text overflows floats.
+MAX_NUMBER_TEXT = 24
+
+
 def _parse_value(name: str, param: Parameter, text: str, shown: str) -> Value | Problem:
     if param.type == "choice":
         choices = param.choices or {}
@@ -285,6 +289,9 @@ def _parse_value(name: str, param: Parameter, text: str, shown: str) -> Value | 
             return Problem(name, text, f"{name}={shown} is not one of the choices: "
                            f"{', '.join(choices)}")
         return text
+    if len(text) > MAX_NUMBER_TEXT:
+        return Problem(name, text[:20] + "...", f"{name}: a value of {len(text)} characters "
+                       f"is far beyond any limit (at most {MAX_NUMBER_TEXT} characters)")
     if param.type == "integer":
         if _INTEGER.fullmatch(text):
             return int(text)

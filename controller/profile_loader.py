@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -52,7 +53,7 @@ def resolve_profile(ref: str) -> LoadedProfile:
     shipped = shipped_profile_paths()
     if ref in shipped:
         return load_profile_file(shipped[ref])
-    if Path(ref).is_file():
+    if os.path.isfile(ref):   # False on any OSError (a name too long, say)
         return load_profile_file(ref)
     known = ", ".join(shipped) or "none"
     raise ProfileError(ref, [f"{ref}: no such profile: not a shipped profile id "

@@ -103,6 +103,10 @@ def read_yaml_mapping(path: str | Path, what: str) -> YamlDocument:
     try:
         root = yaml.compose(text, Loader=_StrictLoader)
         data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise SourceError(name, [f"{name}:{line}: character {one_line(chr(exc.character))} "
+                                 "is not allowed in YAML"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{name}:{mark.line + 1}" if mark else name
@@ -148,9 +152,18 @@ def validation_problems(doc: YamlDocument, err: ValidationError,
     return out
 
 
+def one_line(text: str) -> str:
+    """Control characters shown escaped: a problem is always exactly one line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _line(path: str, line: int | None, loc: tuple[str | int, ...], msg: str) -> str:
     where = f"{path}:{line}" if line else path
     field = _dotted(loc)
+    msg = one_line(msg)
     return f"{where}: {field}: {msg}" if field else f"{where}: {msg}"
 
 

@@ -155,7 +155,10 @@ class ScpiEngine:
                 text = self._exchange(entry, line)
                 error = codec.parse_error(text, pmap.error_prefix)
                 if error is None:
-                    result = parse(text)
+                    try:
+                        result = parse(text)
+                    except ProtocolViolation as exc:
+                        raise ProtocolViolation(f"{entry}: {exc}") from None
                     if saw_error:  # the checksum-error answers sit on the device queue
                         self._drain(entry)
                     return result

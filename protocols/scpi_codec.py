@@ -92,9 +92,14 @@ def unframe_reply(line: bytes, *, use_checksum: bool) -> str:
                                f"{checksum(body):02X}")
         line = body
     try:
-        return line.decode("ascii")
+        text = line.decode("ascii")
     except UnicodeDecodeError:
         raise CorruptReply(f"reply {line!r} is not ASCII") from None
+    # Control characters never belong in a reply; passed on they reach logs,
+    # records and the operator's terminal.
+    if _PRINTABLE.fullmatch(text) is None:
+        raise CorruptReply(f"reply {line!r} has non-printable characters")
+    return text
 
 
 # -- reply lines --------------------------------------------------------------------
