@@ -6,6 +6,7 @@ Each prints one JSON document and then a one-line summary.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -250,3 +251,42 @@ class LogCounter(logging.Handler):
         self.counts.clear()
         self.errors.clear()
         return out
+
+
+class GcPauses:
+    """Every garbage collection in this process: (start, duration, generation). A full
+    collection holds the GIL: every session thread waits for it."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []
+        self.cpu: list[float] = []          # CPU seconds of each full (gen 2) collection
+        self.collected: list[int] = []      # objects a full collection freed
+        self._t0 = self._c0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0, self._c0 = time.monotonic(), time.thread_time()
+        else:
+            self.pauses.append((self._t0, time.monotonic() - self._t0, info["generation"]))
+            if info["generation"] == 2:
+                self.cpu.append(time.thread_time() - self._c0)
+                self.collected.append(info.get("collected", 0))
+
+    def overlapping(self, t0: float, t1: float) -> float:
+        """Seconds of collection inside [t0, t1]."""
+        return sum(max(0.0, min(t1, s + d) - max(t0, s)) for s, d, _ in self.pauses)
+
+    def take(self) -> dict[str, Any]:
+        by_gen = {g: [d for _, d, gen in self.pauses if gen == g] for g in (0, 1, 2)}
+        out: dict[str, Any] = {f"gen{g}": summary(v, 1e3) for g, v in by_gen.items()}
+        out["gen2_cpu_ms"] = [round(c * 1e3, 1) for c in self.cpu]
+        out["gen2_collected"] = list(self.collected)
+        self.pauses.clear()
+        self.cpu.clear()
+        self.collected.clear()
+        return out
+
+    def close(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)

@@ -14,6 +14,7 @@ controller's GIL) for comparison.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import random
 import sys
@@ -21,8 +22,18 @@ import time
 from collections import Counter
 from typing import Any
 
-from common import LEVELS, Canary, LoadMeter, LogCounter, emit, fmt_ms, models_for, summary
-from runner import attribute, make_session, records, start_staggered
+from common import (
+    LEVELS,
+    Canary,
+    GcPauses,
+    LoadMeter,
+    LogCounter,
+    emit,
+    fmt_ms,
+    models_for,
+    summary,
+)
+from runner import attribute, make_session, profile, records, start_staggered
 from simfarm import Farm, first_run, make_farm
 
 # DESIGN.md §5: p99 <= 5 ms for one session, <= 20 ms with 32 at once (and with 64, the
@@ -31,7 +42,7 @@ TARGET_MS = {1: 5.0, 8: 20.0, 32: 20.0, 64: 20.0}
 
 
 def run_level(farm: Farm, n: int, planned: float, rounds: int, stagger: float,
-              use_records: bool, rng: random.Random) -> dict[str, Any]:
+              use_records: bool, rng: random.Random, gcp: GcPauses) -> dict[str, Any]:
     errors: list[float] = []
     by_model: dict[str, list[float]] = {}
     start_lag: list[float] = []        # device "on" minus the controller's t_start
@@ -82,8 +93,10 @@ def run_level(farm: Farm, n: int, planned: float, rounds: int, stagger: float,
                     # The error as it would be with a device that acts the instant bytes
                     # arrive: the controller's own share.
                     ctrl_share.append(timing["ctrl_stop"] - timing["ctrl_start"])
+                due = (s.t_start or 0.0) + planned
                 worst.append((abs(err), {
                     "profile": dev.pid, "error_ms": round(err * 1e3, 2),
+                    "gc_ms_after_due": round(gcp.overlapping(due, off.t) * 1e3, 2),
                     "outcome": s.report.outcome if s.report else None,
                     "reason": s.report.reason if s.report else None,
                     "device_cause": off.cause,
@@ -113,6 +126,7 @@ def run_level(farm: Farm, n: int, planned: float, rounds: int, stagger: float,
         "target_p99_ms": target,
         "target_met": None if target is None or not errors else abs_ms["p99"] <= target,
         "load": load,
+        "gc_pauses_ms": gcp.take(),
     }
 
 
@@ -131,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", action="store_true",
                     help="sessions write a records database (SQLite, fsync per event)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() after start-up (profiles, modules): full collections then "
+                         "skip the start-up heap")
     ap.add_argument("--switchinterval", type=float, default=None,
                     help="sys.setswitchinterval for this process (default: Python's 5 ms)")
     ap.add_argument("--quick", action="store_true",
@@ -143,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.setswitchinterval(args.switchinterval)
     rng = random.Random(args.seed)
     logs = LogCounter.install()
+    if args.gc_freeze:
+        for pid in models_for(3):
+            profile(pid)
+        gc.collect()
+        gc.freeze()
+    gcp = GcPauses()
     kinds = ["process", "inprocess"] if args.sim == "both" else [args.sim]
     results: dict[str, list[dict[str, Any]]] = {}
     for kind in kinds:
@@ -152,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in levels:
                 rounds = max(args.min_rounds, math.ceil(args.samples / n))
                 t = time.monotonic()
-                res = run_level(farm, n, args.planned, rounds, args.stagger, args.records, rng)
+                gcp.take()
+                res = run_level(farm, n, args.planned, rounds, args.stagger, args.records, rng,
+                                gcp)
                 res["elapsed_s"] = round(time.monotonic() - t, 1)
                 res["log"] = logs.take()
                 results[kind].append(res)
@@ -172,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"planned_s": args.planned, "stagger_s": args.stagger,
                    "sim_procs": args.sim_procs, "records": args.records,
                    "samples_per_level": args.samples, "seed": args.seed,
+                   "gc_freeze": args.gc_freeze,
                    "quick": args.quick, "targets_ms": TARGET_MS},
         "results": results,
     }, line)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocols.engine import EventHandler
@@ -125,6 +125,9 @@ class ModbusEngine:
         self._plans: dict[tuple[str, ...], tuple[_ReadStep, ...]] = {}
         # Set when an attempt got no valid reply: a late one may still come.
         self._stale = False
+        # One select and one read per reply where the transport offers it.
+        self._read_some: Callable[[int, float], bytes] | None = \
+            getattr(transport, "read_some", None)
 
     # --- Engine interface ---------------------------------------------------
 
@@ -236,7 +239,7 @@ class ModbusEngine:
         unexpected replies are retried, and the last of them is raised.
         """
         transport = self._transport
-        read = transport.read
+        read, read_some = transport.read, self._read_some
         if self._stale:
             transport.discard_input()
             self._stale = False
@@ -246,7 +249,7 @@ class ModbusEngine:
             frame = b""
             try:
                 transport.write(request.adu)
-                frame = read_frame(request, read, time.monotonic() + self._timeout)
+                frame = read_frame(request, read, time.monotonic() + self._timeout, read_some)
                 words = parse_reply(request, frame, self._exception_texts)
             except DeviceRefused:
                 if log.isEnabledFor(logging.DEBUG):

@@ -140,16 +140,31 @@ def reply_length(request: Request, head: bytes) -> int:
                             f"expected 0x{request.function:02X}: {head.hex(' ')}")
 
 
-def read_frame(request: Request, read: Callable[[int, float], bytes], deadline: float) -> bytes:
+def read_frame(request: Request, read: Callable[[int, float], bytes], deadline: float,
+               read_some: Callable[[int, float], bytes] | None = None) -> bytes:
     """One reply, framed by length; `read(n, deadline)` returns up to n bytes.
 
     `read` is a Transport's read: fewer bytes than asked means the deadline
     passed. Asks for exactly the reply's length and never more, so a following
-    frame is never swallowed. LinkTimeout when nothing came at all.
+    frame is never swallowed. LinkTimeout when nothing came at all. With a
+    Transport's `read_some` a reply that arrives in one piece costs one select and
+    one read instead of a read loop for its head and another for the rest.
     """
-    head = read(MIN_REPLY_LEN, deadline)
-    if len(head) == MIN_REPLY_LEN and head[1] == request.function:  # the usual case
-        frame = head + read(request.reply_len - MIN_REPLY_LEN, deadline)
+    if read_some is None:
+        head = read(MIN_REPLY_LEN, deadline)
+    else:
+        head = read_some(request.reply_len, deadline)
+        while 0 < len(head) < MIN_REPLY_LEN and (more := read_some(
+                MIN_REPLY_LEN - len(head), deadline)):
+            head += more
+    if len(head) >= MIN_REPLY_LEN and head[1] == request.function:  # the usual case
+        frame = head
+        if read_some is None:
+            frame += read(request.reply_len - len(frame), deadline)
+        else:
+            while len(frame) < request.reply_len and (more := read_some(
+                    request.reply_len - len(frame), deadline)):
+                frame += more
         if len(frame) == request.reply_len:
             return frame
         raise CorruptReply(f"{request.label}: reply truncated at {len(frame)} of "
@@ -160,6 +175,10 @@ def read_frame(request: Request, read: Callable[[int, float], bytes], deadline: 
     if len(head) < min(total, MIN_REPLY_LEN):
         raise CorruptReply(f"{request.label}: reply truncated at {len(head)} of "
                            f"{total} bytes: {head.hex(' ')}")
+    if len(head) > MIN_REPLY_LEN:
+        # Only read_some can get here: an exception reply with bytes after it.
+        raise CorruptReply(f"{request.label}: {len(head)} bytes where an exception reply "
+                           f"has {MIN_REPLY_LEN}: {head.hex(' ')}")
     return head  # an exception reply is exactly MIN_REPLY_LEN
 
 

@@ -47,6 +47,8 @@ MAX_DRAIN_QUERIES = ERROR_QUEUE_DEPTH + 1
 SETTLE_QUIET_TIMEOUTS = 2.0
 MAX_SETTLE_S = 1.0
 LF = b"\n"
+# Most a line read takes at once; a reply line is far shorter.
+READ_CHUNK = 512
 
 T = TypeVar("T")
 
@@ -73,6 +75,8 @@ class ScpiEngine:
         self._retries = retries
         self._buf = bytearray()
         self._unsettled = False   # a request timed out: a late reply may be on its way
+        self._read_some: Callable[[int, float], bytes] | None = \
+            getattr(transport, "read_some", None)
         # Replies are framed by the last byte of the map's terminator (LF for "\r\n").
         self._eol = pmap.reply_terminator.encode("ascii")[-1:] or LF
         # Content before the LF: the line and its CR; longer is a runaway or garbage line.
@@ -181,7 +185,9 @@ class ScpiEngine:
         try:
             if self._unsettled:
                 self._settle(entry)
-            self._t.discard_input()  # a late reply to an earlier request is stale now
+            # Anything waiting now (a late reply, line noise) answers no request of
+            # ours: a line protocol cannot tell, so it is dropped before every request.
+            self._t.discard_input()
             self._buf.clear()
             self._t.write(line)
             raw = self._read_line(time.monotonic() + self._timeout, entry)
@@ -208,13 +214,17 @@ class ScpiEngine:
             scanned = len(buf)
             if scanned > self._max_reply:
                 break
-            first = t.read(1, deadline)  # blocks until a byte or the deadline
-            if not first:
+            if self._read_some is not None:
+                chunk = self._read_some(READ_CHUNK, deadline)  # one select, one read
+            else:
+                chunk = t.read(1, deadline)  # blocks until a byte or the deadline
+                if chunk:
+                    chunk += t.read_available()
+            if not chunk:
                 self._unsettled = True
                 raise LinkTimeout(f"{entry}: no reply within {self._timeout:g} s "
                                   f"(got {bytes(buf)!r})")
-            buf += first
-            buf += t.read_available()
+            buf += chunk
         buf.clear()
         raise CorruptReply(f"{entry}: reply line longer than {self._map.max_line_length} "
                            "characters")

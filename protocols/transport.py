@@ -110,6 +110,9 @@ class SerialTransport:
         while len(buf) < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # This thread may only have been scheduled after its deadline: what has
+                # already arrived is still a reply, not silence.
+                buf += self._waiting(n - len(buf))
                 break
             try:
                 self._set_timeout(min(remaining, MAX_READ_SLICE_S))
@@ -136,9 +139,9 @@ class SerialTransport:
                 return first + bytes(self._port.read(min(self._port.in_waiting, n - 1)))
             except PORT_ERRORS as exc:
                 raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return b""
+        # Past the deadline select() still looks once: a reply that arrived while this
+        # thread waited for the CPU is taken, not mistaken for silence.
+        remaining = max(0.0, deadline - time.monotonic())
         try:
             ready, _, _ = select.select((fd,), (), (), remaining)
             data = os.read(fd, n) if ready else b""
@@ -150,8 +153,14 @@ class SerialTransport:
 
     def read_available(self) -> bytes:
         """Whatever is already waiting, without blocking."""
+        return self._waiting(None)
+
+    def _waiting(self, limit: int | None) -> bytes:
+        """Up to `limit` (None: all) of the bytes already waiting, without blocking."""
         try:
             waiting = self._port.in_waiting
+            if limit is not None:
+                waiting = min(waiting, limit)
             return bytes(self._port.read(waiting)) if waiting else b""
         except PORT_ERRORS as exc:
             raise LinkLost(f"{self.port_name}: read failed: {exc}") from None

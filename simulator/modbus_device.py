@@ -110,33 +110,28 @@ class ModbusEndpoint:
         self.discarded_bytes = 0
         self.ignored_frames = 0
         """Good frames addressed to another unit or broadcast."""
-        self._buf = bytearray()
+        self._rx = _RequestScanner()
         self._last_rx = 0.0
 
     # -- Endpoint protocol ----------------------------------------------------------
     def receive(self, data: bytes, now: float) -> list[bytes]:
         self.model.tick(now)                 # state is current before any request acts
-        self._buf += data
+        self._rx.append(data)
         self._last_rx = now
         replies: list[bytes] = []
-        while (found := _find_frame(self._buf)) is not None:
-            start, length = found
-            self.discarded_bytes += start
-            frame = bytes(self._buf[start:start + length])
-            del self._buf[:start + length]
+        while (found := self._rx.next_frame()) is not None:
+            skipped, frame = found
+            self.discarded_bytes += skipped
             reply = self._handle(frame, now)
             if reply is not None:
                 replies.append(reply)
-        if len(self._buf) > MAX_BUFFER:
-            self.discarded_bytes += len(self._buf) - MAX_BUFFER
-            del self._buf[:-MAX_BUFFER]
+        self.discarded_bytes += self._rx.keep_last(MAX_BUFFER)
         return replies
 
     def tick(self, now: float) -> list[bytes]:
         self.model.tick(now)
-        if self._buf and now - self._last_rx > STALE_PARTIAL_S:
-            self.discarded_bytes += len(self._buf)
-            self._buf.clear()
+        if self._rx.buf and now - self._last_rx > STALE_PARTIAL_S:
+            self.discarded_bytes += self._rx.keep_last(0)
         return []                            # a Modbus slave never speaks unasked
 
     # -- one request ---------------------------------------------------------------------
@@ -279,38 +274,86 @@ class ModbusEndpoint:
 
 
 # -- framing ---------------------------------------------------------------------------------
-def _find_frame(buf: bytearray) -> tuple[int, int] | None:
-    """(offset, length) of the first complete request with a correct CRC, or None."""
-    for start in range(len(buf) - MIN_FRAME + 1):
-        length = _frame_length(buf, start)
-        if length is None:
-            continue
-        if length == 0:                      # unknown function: first CRC match
-            end = min(len(buf), start + UNKNOWN_SCAN_MAX)
-            for stop in range(start + MIN_FRAME, end + 1):
-                if _crc_ok(buf[start:stop]):
-                    return start, stop - start
-        elif start + length <= len(buf) and _crc_ok(buf[start:start + length]):
-            return start, length
-    return None
+class _RequestScanner:
+    """Finds requests in the input: the first start offset whose complete request checks.
+
+    Bytes only join at the end, so each start is examined once (rescanning the whole
+    buffer per read was quadratic in garbage): a running CRC per candidate, checked at
+    the stops its function allows, until a request ends there or no stop is left.
+    Offsets count from the start of the stream, so dropping bytes moves no state.
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self._base = 0                          # stream offset of buf[0]
+        self._checked = 0                       # starts below this are candidates or ruled out
+        self._live: dict[int, tuple[int, int]] = {}  # candidate -> CRC of buf[start:to], to
+
+    def append(self, data: bytes) -> None:
+        self.buf += data
+        end = self._base + len(self.buf)
+        for start in range(self._checked, end - 1):   # its function code is in
+            self._live[start] = (0xFFFF, start)
+        self._checked = max(self._checked, end - 1)
+
+    def next_frame(self) -> tuple[int, bytes] | None:
+        """(bytes skipped, request) for the first request in the input, taken out of it."""
+        for start, (crc, to) in list(self._live.items()):   # in start order
+            if length := self._extend(start, crc, to):
+                skipped = start - self._base
+                frame = bytes(self.buf[skipped:skipped + length])
+                self.keep_last(len(self.buf) - skipped - length)
+                return skipped, frame
+        return None
+
+    def keep_last(self, limit: int) -> int:
+        """Drop the oldest bytes beyond `limit`; how many were dropped."""
+        excess = max(0, len(self.buf) - limit)
+        if excess:
+            del self.buf[:excess]
+            self._base += excess
+            self._checked = max(self._checked, self._base)
+            self._live = {s: v for s, v in self._live.items() if s >= self._base}
+        return excess
+
+    def _extend(self, start: int, crc: int, to: int) -> int | None:
+        """Extend the running CRC of candidate `start` over new input: the length of the
+        request it begins once complete, else None. The CRC over a body and its CRC is 0,
+        so a function of unknown length ends at the first such stop it may end at."""
+        i, buf = start - self._base, self.buf
+        shortest, longest = MIN_FRAME, UNKNOWN_SCAN_MAX
+        if buf[i + 1] in FIXED_LENGTHS:
+            shortest = longest = FIXED_LENGTHS[buf[i + 1]]
+        elif buf[i + 1] in COUNTED_LENGTHS:
+            index, header = COUNTED_LENGTHS[buf[i + 1]]
+            if i + index >= len(buf):
+                return None                     # byte count not in yet
+            shortest = longest = header + buf[i + index] + CRC_LEN
+        upto = min(len(buf), i + longest)
+        states = _crc_states(crc, buf[to - self._base:upto])
+        skip = max(0, start + shortest - to - 1)   # states[k]: the CRC at stop to + k + 1
+        if 0 in states[skip:]:
+            del self._live[start]
+            return to + 1 + states.index(0, skip) - start
+        if upto == i + longest:
+            del self._live[start]               # every stop tried: no request here
+        elif states:
+            self._live[start] = (states[-1], self._base + upto)
+        return None
 
 
-def _frame_length(buf: bytearray, start: int) -> int | None:
-    """Length of a request starting at `start`; 0 unknown function; None header not in yet."""
-    function = buf[start + 1]
-    if function in FIXED_LENGTHS:
-        return FIXED_LENGTHS[function]
-    if function in COUNTED_LENGTHS:
-        index, header = COUNTED_LENGTHS[function]
-        if start + index >= len(buf):
-            return None
-        return header + buf[start + index] + CRC_LEN
-    return 0
+# One table step of crc16_modbus, taken from it (a one-byte CRC from 0xFFFF is
+# 0xFF ^ T[b ^ 0xFF]) so that the running CRC cannot disagree with the whole one.
+_CRC_TABLE = tuple(crc16_modbus(bytes((b ^ 0xFF,))) ^ 0xFF for b in range(256))
 
 
-def _crc_ok(frame: bytes | bytearray) -> bool:
-    body, crc = frame[:-CRC_LEN], frame[-CRC_LEN:]
-    return crc16_modbus(bytes(body)) == int.from_bytes(crc, "little")
+def _crc_states(crc: int, data: bytes | bytearray) -> list[int]:
+    """The CRC-16/MODBUS state after each byte of `data`, continuing from `crc`."""
+    states = []
+    for b in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
+        states.append(crc)
+    return states
 
 
 def _with_crc(body: bytes) -> bytes:

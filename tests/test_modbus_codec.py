@@ -228,6 +228,61 @@ def test_read_frame_takes_exactly_one_reply() -> None:
         read_frame(req, stream_reader(READ_INPUT_REP[:10])[0], 0.0)
 
 
+def chunked_reader(data: bytes, sizes: list[int]) -> tuple[Callable[[int, float], bytes],
+                                                          list[int]]:
+    """A read_some(n, deadline) over a stream arriving in pieces of `sizes` bytes."""
+    pos, piece = [0], [0]
+    asked: list[int] = []
+
+    def read_some(n: int, deadline: float) -> bytes:
+        asked.append(n)
+        size = sizes[piece[0]] if piece[0] < len(sizes) else len(data)
+        piece[0] += 1
+        chunk = data[pos[0]:pos[0] + min(n, size)]
+        pos[0] += len(chunk)
+        return chunk
+
+    return read_some, asked
+
+
+def _no_read(n: int, deadline: float) -> bytes:
+    raise AssertionError("read() used although read_some was given")
+
+
+def test_read_frame_with_read_some_takes_a_whole_reply_at_once() -> None:
+    req = read_request(1, FC_READ_INPUT, 0, 6)
+    read_some, asked = chunked_reader(READ_INPUT_REP + READ_INPUT_REP, [100])
+    assert read_frame(req, _no_read, 0.0, read_some) == READ_INPUT_REP
+    assert asked == [17]  # one call, never past this reply
+
+
+@pytest.mark.parametrize("sizes", [[1] * 17, [2, 2, 13], [4, 1, 12], [5, 12], [16, 1]])
+def test_read_frame_with_read_some_joins_pieces(sizes: list[int]) -> None:
+    req = read_request(1, FC_READ_INPUT, 0, 6)
+    read_some, asked = chunked_reader(READ_INPUT_REP + READ_INPUT_REP, sizes)
+    assert read_frame(req, _no_read, 0.0, read_some) == READ_INPUT_REP
+    # Nothing of the following reply was taken: it frames whole after this one.
+    assert read_frame(req, _no_read, 0.0, read_some) == READ_INPUT_REP
+    assert max(asked) <= 17
+
+
+def test_read_frame_with_read_some_exception_and_errors() -> None:
+    req = read_request(1, FC_READ_INPUT, 0, 6)
+    read_some, _ = chunked_reader(EXC_READ_ADDRESS, [2, 3])
+    assert read_frame(req, _no_read, 0.0, read_some) == EXC_READ_ADDRESS
+    with pytest.raises(LinkTimeout):
+        read_frame(req, _no_read, 0.0, chunked_reader(b"", [])[0])
+    with pytest.raises(CorruptReply, match="truncated at 10 of 17"):
+        read_frame(req, _no_read, 0.0, chunked_reader(READ_INPUT_REP[:10], [3, 7])[0])
+    with pytest.raises(CorruptReply, match="truncated at 3 of 5"):
+        read_frame(req, _no_read, 0.0, chunked_reader(EXC_READ_ADDRESS[:3], [3])[0])
+    # An exception reply with bytes stuck to it is not a reply to trust.
+    with pytest.raises(CorruptReply, match="7 bytes where an exception reply has 5"):
+        read_frame(req, _no_read, 0.0, chunked_reader(EXC_READ_ADDRESS + b"\x00\x00", [7])[0])
+    with pytest.raises(ProtocolViolation, match="function 0x03"):
+        read_frame(req, _no_read, 0.0, chunked_reader(b"\x01\x03\x0c", [3])[0])
+
+
 # --- property tests on arbitrary bytes -------------------------------------------
 
 REQUESTS = st.one_of(
@@ -264,6 +319,21 @@ def test_framing_never_over_reads_arbitrary_bytes(req: Request, data: bytes,
         got = b""
     assert len(asked) <= 2  # bounded: never loops on a port
     assert sum(asked) <= max(req.reply_len, EXCEPTION_REPLY_LEN)
+    assert got == data[:len(got)]
+
+
+@settings(max_examples=300)
+@given(REQUESTS, st.binary(max_size=300), st.lists(st.integers(1, 20), max_size=30))
+def test_read_some_framing_never_over_reads(req: Request, data: bytes, sizes: list[int]) -> None:
+    data = bytes((req.unit, req.function)) + data
+    read_some, asked = chunked_reader(data, sizes)
+    try:
+        got = read_frame(req, _no_read, 0.0, read_some)
+    except ProtocolError as exc:
+        assert isinstance(exc, (LinkTimeout, CorruptReply, ProtocolViolation))
+        got = b""
+    assert len(asked) <= max(req.reply_len, EXCEPTION_REPLY_LEN)  # bounded: no spinning
+    assert max(asked) <= max(req.reply_len, EXCEPTION_REPLY_LEN)
     assert got == data[:len(got)]
 
 

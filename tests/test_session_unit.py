@@ -15,7 +15,7 @@ import pytest
 from controller.prescription import build_prescription
 from controller.profile import Profile
 from controller.profile_loader import resolve_profile
-from controller.session import Session
+from controller.session import POLL_GUARD_S, Session, poll_guard_s
 from protocols.engine import EventHandler
 from protocols.errors import LinkTimeout
 from protocols.map_common import Scalar
@@ -132,6 +132,36 @@ def test_polls_at_least_three_times_per_watchdog_period() -> None:
     watchdog = session.profile.safety.watchdog_s
     assert max(gaps) <= watchdog / 3 + 1e-9
     assert len(link.polls) >= 60.0 / session.profile.safety.poll_period_s - 2
+
+
+@pytest.mark.parametrize("pid", ["hc-200", "us-300", "es-4"])
+def test_no_poll_starts_within_one_lost_reply_of_the_end(pid: str) -> None:
+    # A poll whose reply is lost retries after reply_timeout_s: started this late it
+    # would hold the planned stop. The guard covers one lost reply.
+    profile = resolve_profile(pid).profile
+    guard = poll_guard_s(profile)
+    assert guard == pytest.approx(POLL_GUARD_S + profile.link.reply_timeout_s)
+    silence = profile.safety.poll_period_s + guard
+    assert silence < profile.safety.stale_after_s   # the quiet end never reads as stale
+    if pid != "hc-200":
+        return  # the guard's arithmetic above is what differs between the profiles
+    session, link, _ = make(pid, {"temperature_c": "40"}, 7.3, thermal)
+    session.run()
+    start = next(t for t, op in link.ops if op == "start")
+    stop = next(t for t, op in link.ops if op == "stop")
+    assert stop == pytest.approx(start + 7.3, abs=1e-9)
+    last_poll = max(t for t in link.polls if t < stop)   # later reads confirm the stop
+    assert stop - last_poll >= guard - 1e-9
+
+
+def test_poll_guard_never_makes_the_end_look_stale() -> None:
+    profile = resolve_profile("hc-200").profile
+    tight = profile.model_copy(update={"safety": profile.safety.model_copy(
+        update={"stale_after_s": 0.25, "poll_period_s": 0.2})})
+    assert poll_guard_s(tight) == pytest.approx(0.05)      # 0.25 - 0.2, not 0.13
+    tighter = profile.model_copy(update={"safety": profile.safety.model_copy(
+        update={"stale_after_s": 0.21, "poll_period_s": 0.2})})
+    assert poll_guard_s(tighter) == POLL_GUARD_S            # never below the base guard
 
 
 def test_backstops_are_armed_before_start() -> None:
