@@ -14,7 +14,6 @@ controller's GIL) for comparison.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import random
 import sys
@@ -33,8 +32,10 @@ from common import (
     models_for,
     summary,
 )
-from runner import attribute, make_session, profile, records, start_staggered
+from runner import attribute, make_session, records, start_staggered
 from simfarm import Farm, first_run, make_farm
+
+from controller.gc_policy import POLICY
 
 # DESIGN.md §5: p99 <= 5 ms for one session, <= 20 ms with 32 at once (and with 64, the
 # scale row's "stop target held").
@@ -127,6 +128,8 @@ def run_level(farm: Farm, n: int, planned: float, rounds: int, stagger: float,
         "target_met": None if target is None or not errors else abs_ms["p99"] <= target,
         "load": load,
         "gc_pauses_ms": gcp.take(),
+        "gc_policy": {"installed": POLICY.installed, "full_collections": POLICY.full_collections,
+                      "forced_without_safe_moment": POLICY.deferred_to_limit},
     }
 
 
@@ -145,9 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", action="store_true",
                     help="sessions write a records database (SQLite, fsync per event)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--gc-freeze", action="store_true",
-                    help="gc.freeze() after start-up (profiles, modules): full collections then "
-                         "skip the start-up heap")
     ap.add_argument("--switchinterval", type=float, default=None,
                     help="sys.setswitchinterval for this process (default: Python's 5 ms)")
     ap.add_argument("--quick", action="store_true",
@@ -160,11 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.setswitchinterval(args.switchinterval)
     rng = random.Random(args.seed)
     logs = LogCounter.install()
-    if args.gc_freeze:
-        for pid in models_for(3):
-            profile(pid)
-        gc.collect()
-        gc.freeze()
     gcp = GcPauses()
     kinds = ["process", "inprocess"] if args.sim == "both" else [args.sim]
     results: dict[str, list[dict[str, Any]]] = {}
@@ -197,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"planned_s": args.planned, "stagger_s": args.stagger,
                    "sim_procs": args.sim_procs, "records": args.records,
                    "samples_per_level": args.samples, "seed": args.seed,
-                   "gc_freeze": args.gc_freeze,
+                   "gc_policy": "controller.gc_policy (installed by the first session)",
                    "quick": args.quick, "targets_ms": TARGET_MS},
         "results": results,
     }, line)

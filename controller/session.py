@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controller import gc_policy
 from controller import session_checks as checks
 from controller.device_link import DeviceLink
 from controller.modality import FACT_ERA, DoseMeter, modality_for
@@ -156,6 +157,9 @@ class Session:
     # -- the worker ---------------------------------------------------------------------
     def run(self) -> SessionReport:
         self.t0 = self.clock()
+        # Full garbage collections pause every thread: keep them off this planned end.
+        gc_policy.POLICY.install()
+        watch = gc_policy.POLICY.watch(self.time_remaining)
         try:
             self._open_record()
             self._connect()
@@ -172,6 +176,7 @@ class Session:
             what = "communication" if isinstance(exc, ProtocolError) else "internal error"
             self._fail(Verdict(checks.FAULT, checks.BY_CONTROLLER, f"{what}: {exc}"))
         finally:
+            gc_policy.POLICY.forget(watch)
             if self.link is not None:
                 self.link.close()
         return self._finish()

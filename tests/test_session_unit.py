@@ -203,3 +203,24 @@ def test_lost_link_mid_session_is_a_fault_and_the_stop_is_attempted() -> None:
     assert "communication" in report.reason and "stop not confirmed" in report.reason
     assert report.stop_source == "device_watchdog"
     assert any(op in ("stop", "emergency_stop") for _, op in link.ops)
+
+
+def test_the_session_keeps_full_garbage_collections_off_its_planned_end() -> None:
+    from controller.gc_policy import POLICY, SAFE_MARGIN_S
+
+    seen: list[tuple[float | None, bool]] = []
+
+    def watched() -> bool:
+        return any(getattr(r, "__self__", None) is session
+                   for r in list(POLICY._watched.values()))
+
+    def script(elapsed: float, on: bool) -> dict[str, Scalar]:
+        seen.append((session.time_remaining(), watched()))
+        return thermal(elapsed, on)
+
+    session, link, _ = make("hc-200", {"temperature_c": "40"}, 3.0, script)
+    session.run()
+    assert POLICY.installed and not watched()
+    during = [w for left, w in seen if left is not None]
+    assert during and all(during)       # watched for its whole output time
+    assert any(left is not None and left < SAFE_MARGIN_S + 0.2 for left, _ in seen)
