@@ -5,6 +5,7 @@
 #   sh bench/run_all.sh            # full settings (about 45 minutes, plus the soak)
 #   QUICK=--quick sh bench/run_all.sh
 #   SOAK_MINUTES=0 sh bench/run_all.sh   # skip the soak
+#   ONLY="stop_error scale" sh bench/run_all.sh   # some of them
 # Run it as root to get `nice -n -10` (see docs/performance.md); otherwise at nice 0.
 set -u
 cd "$(dirname "$0")"
@@ -16,8 +17,11 @@ mkdir -p "$OUT"
 NICE=""
 if nice -n -10 true 2>/dev/null; then NICE="nice -n -10"; fi
 
+ONLY=${ONLY:-}
+
 run() {  # name, script and arguments
     name=$1; shift
+    case " ${ONLY:-$name} " in *" $name "*) ;; *) return ;; esac
     echo "== $name: $* (${NICE:-nice 0})"
     $NICE "$PY" "$@" $QUICK >"$OUT/$name.raw" 2>"$OUT/$name.log"
     echo "exit status $?" >>"$OUT/$name.log"

@@ -54,6 +54,7 @@ class CollectionPolicy:
         self._keys = itertools.count()
         self._thread: threading.Thread | None = None
         self.last_full = clock()
+        self._due_since: float | None = None
         self.full_collections = 0
         self.deferred_to_limit = 0
 
@@ -104,12 +105,15 @@ class CollectionPolicy:
         now = self._clock()
         if gc.get_count()[2] < DUE_AFTER_GEN1 or now - self.last_full < MIN_INTERVAL_S:
             return False
-        waited = now - self.last_full
+        if self._due_since is None:
+            self._due_since = now
+        waited = now - self._due_since        # since it became due, not since the last one
         forced = waited >= MAX_DEFER_S
         if not forced and not self.safe_now():
             return False
         gc.collect()
         self.last_full = self._clock()
+        self._due_since = None
         self.full_collections += 1
         if forced:
             self.deferred_to_limit += 1

@@ -218,7 +218,7 @@ def test_the_session_keeps_full_garbage_collections_off_its_planned_end() -> Non
         seen.append((session.time_remaining(), watched()))
         return thermal(elapsed, on)
 
-    session, link, _ = make("hc-200", {"temperature_c": "40"}, 3.0, script)
+    session, _, _ = make("hc-200", {"temperature_c": "40"}, 3.0, script)
     session.run()
     assert POLICY.installed and not watched()
     during = [w for left, w in seen if left is not None]
