@@ -45,6 +45,7 @@ from common import (
 from runner import make_session, profile, records
 from simfarm import Dev, ProcessFarm, output_left_on
 
+from controller.gc_policy import POLICY
 from controller.records import RecordStore
 from simulator.faults import LINK_FAULTS, MODALITY_FAULTS
 
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu0 = farm.cpu_s()
     for pid in models_for(3):     # profiles parsed once, outside the comparison
         profile(pid)
+    POLICY.install()              # its one thread per process is not a per-session leak
     gc.collect()
     threads_before, fds_before, rss_start = thread_count(), fd_count(), vm_rss_kib()
     totals = Totals()
