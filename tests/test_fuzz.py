@@ -515,8 +515,10 @@ def test_modbus_engine_reads_values_or_raises_a_protocol_error(
                                             n, "x", [False] * n)
         return data.draw(st.one_of(modbus_reply_for(req), st.binary(max_size=40)))
 
+    # Both ways of reading: SerialTransport offers read_some, which the engine prefers.
+    kind = data.draw(st.sampled_from([ScriptedPort, ScriptedPortReadSome]))
     try:
-        with ScriptedPort(device) as port:
+        with kind(device) as port:
             values = ModbusEngine(port, pmap, 0.05, 2).read(entries)
     except DeviceRefused as exc:
         assert_clear(str(exc), *entries)
@@ -552,8 +554,8 @@ def scpi_answer(draw: st.DrawFn) -> bytes:
 def test_scpi_engine_reads_values_or_raises_a_protocol_error(
         entry: str, data: st.DataObject) -> None:
     pmap = _scpi_map()
-    port = ScriptedPort(lambda line: data.draw(st.one_of(scpi_answer(),
-                                                         st.binary(max_size=300))))
+    kind = data.draw(st.sampled_from([ScriptedPort, ScriptedPortReadSome]))
+    port = kind(lambda line: data.draw(st.one_of(scpi_answer(), st.binary(max_size=300))))
     engine = ScpiEngine(port, pmap, 0.05, 2)
     try:
         with port:
@@ -597,11 +599,12 @@ def test_scpi_device_text_with_control_characters_is_not_passed_on() -> None:
     assert not re.search(r"[\x00-\x1f\x7f]", message), repr(message)
 
 
-def test_scpi_engine_stops_reading_a_runaway_line() -> None:
+@pytest.mark.parametrize("kind", [ScriptedPort, ScriptedPortReadSome])
+def test_scpi_engine_stops_reading_a_runaway_line(kind: type[ScriptedPort]) -> None:
     """A device that streams without a terminator costs one bounded read, not memory."""
     pmap = _scpi_map()
     chunk = b"A" * 1024
-    port = ScriptedPort(lambda line: chunk * 1000)  # 1 MB, no LF anywhere
+    port = kind(lambda line: chunk * 1000)  # 1 MB, no LF anywhere
     engine = ScpiEngine(port, pmap, 0.05, 0)
     with port, pytest.raises(CorruptReply, match="longer than"):
         engine.read(["status"])

@@ -74,17 +74,34 @@ class FakeLink:
         pass
 
 
+# A worker that asks to wait for nothing this many times in a row, with the clock
+# standing still, would spin forever in real time: fail instead of hanging.
+MAX_IDLE_WAITS = 1000
+
+
+class WorkerSpins(AssertionError):
+    pass
+
+
 class ClockedSession(Session):
     """Waits and pauses advance the fake clock instead of real time."""
 
     fake: FakeClock
+    _idle_waits = 0
 
     def _wait(self, timeout: float) -> None:
         if timeout > 0:
             self.fake.now += timeout
+            self._idle_waits = 0
+            return
+        self._idle_waits += 1
+        if self._idle_waits > MAX_IDLE_WAITS:
+            raise WorkerSpins(f"the worker waits for nothing, again and again, at "
+                              f"t={self.fake.now}: it would spin in real time")
 
     def _pause(self, seconds: float) -> None:
         self.fake.now += seconds
+        self._idle_waits = 0
 
 
 def thermal(elapsed: float, on: bool) -> dict[str, Scalar]:
