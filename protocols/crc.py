@@ -44,6 +44,19 @@ def crc16_modbus(data: bytes) -> int:
     return crc
 
 
+def crc16_modbus_states(data: bytes | bytearray, crc: int = 0xFFFF) -> list[int]:
+    """The CRC-16/MODBUS after each byte of `data`, continuing from `crc`.
+
+    A receiver that frames by CRC extends these as bytes arrive instead of
+    recomputing whole CRCs; a body followed by its own CRC ends at 0.
+    """
+    states = []
+    for b in data:
+        crc = (crc >> 8) ^ _MODBUS[(crc ^ b) & 0xFF]
+        states.append(crc)
+    return states
+
+
 def crc16_ccitt_false(data: bytes) -> int:
     """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, not reflected, no final XOR.
 

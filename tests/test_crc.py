@@ -11,6 +11,7 @@ from protocols.crc import (
     CRC16_MODBUS_CHECK,
     crc16_ccitt_false,
     crc16_modbus,
+    crc16_modbus_states,
 )
 
 CHECK_INPUT = b"123456789"  # the input of every CRC catalogue's "check" value
@@ -78,3 +79,14 @@ def test_c_and_table_ccitt_agree_on_the_check_value() -> None:
     for n in range(64):
         data = bytes(range(n))
         assert crc16_ccitt_false(data) == crc16_ccitt_false_table(data)
+
+
+@given(st.integers(0, 0xFFFF), st.binary(max_size=64))
+def test_running_modbus_crc_continues_the_whole_crc(head: int, tail: bytes) -> None:
+    data = head.to_bytes(2, "little") + tail
+    states = crc16_modbus_states(data)
+    assert states == [bitwise_modbus(data[:n]) for n in range(1, len(data) + 1)]
+    middle = len(data) // 2
+    assert crc16_modbus_states(data[middle:], crc16_modbus(data[:middle])) == states[middle:]
+    # A body followed by its own CRC (low byte first) ends at 0.
+    assert crc16_modbus_states(data + crc16_modbus(data).to_bytes(2, "little"))[-1] == 0

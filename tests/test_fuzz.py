@@ -938,9 +938,9 @@ class CrcBudget:
         self.count(data)
         return crc16_modbus(data)
 
-    def states(self, crc: int, data: bytes | bytearray) -> list[int]:
+    def states(self, data: bytes | bytearray, crc: int) -> list[int]:
         self.count(data)
-        return self._states(crc, data)
+        return self._states(data, crc)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(modbus_device, "crc16_modbus", self.crc16)
