@@ -2,35 +2,33 @@
 
 The store checks the two races (device double-booked, another booking of the same modality for
 the patient too close) inside its insert transaction; everything else is checked here: the
-patient id, the time, the device, its calibration, the prescription's limits, and the patient's
-recorded sessions. Each check returns plain reasons; an empty list means the booking may go on.
+patient id, the time, the device, its calibration, the prescription's limits, a plan's summed
+dose per modality, and the patient's recorded sessions. The patient rules (id, minimum interval)
+and the plan dose budget are shared with `session run` and `plan run` (`patient_rules`,
+`dose_budget`). Each check returns plain reasons; an empty list means the booking may go on.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from controller.calibration_gate import check_calibration, profile_mismatch
 from controller.clinic_records import DeviceRow
 from controller.clinic_time import show
+from controller.dose_budget import plan_budget_problems
+from controller.patient_rules import PatientIdError, interval_conflict
+from controller.patient_rules import check_patient_id as _check_patient_id
 from controller.plan import Plan, PlanError, load_plan
 from controller.prescription import Prescription, PrescriptionRejected, build_prescription
 from controller.profile import Profile
 from controller.profile_loader import ProfileError, resolve_profile
-from controller.records import RecordStore, SessionRow
+from controller.records import RecordStore
 
-# Pseudonymous patient ids only: letters and digits in dash-separated groups, with at least one
-# digit, 3-32 characters (P-0042, 2026-117, KX7Q). "Anna-Berg" has no digit: it looks like a name.
-PATIENT_ID = re.compile(r"(?=.*\d)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
-PATIENT_ID_LENGTH = (3, 32)
 # `--at 09:30` typed during 09:30 means now, not the past.
 PAST_GRACE_S = 60.0
 # A booking may be started this long before its time (the patient is early, the room is free).
 START_EARLY_S = 30 * 60.0
-# How many of the patient's most recent sessions the interval check reads.
-SESSION_LOOKBACK = 200
 # The device role of a one-session booking (a plan booking uses the plan's roles).
 PROFILE_ROLE = "device"
 
@@ -43,14 +41,11 @@ class BookingInputError(ValueError):
 
 
 def check_patient_id(text: str) -> str:
-    low, high = PATIENT_ID_LENGTH
-    value = text.strip()
-    if not PATIENT_ID.fullmatch(value) or not low <= len(value) <= high:
-        raise BookingInputError(
-            f"--patient '{text}' is not a pseudonymous patient id: use {low}-{high} letters and "
-            "digits in groups joined by '-', with at least one digit (like P-0042); never a "
-            "patient's name")
-    return value
+    """The one patient id rule (`patient_rules`), as a booking usage error."""
+    try:
+        return _check_patient_id(text)
+    except PatientIdError as exc:
+        raise BookingInputError(str(exc)) from None
 
 
 def load_profile(ref: str) -> Profile | str:
@@ -77,10 +72,13 @@ def device_and_profile(store: RecordStore, name: str) -> tuple[DeviceRow, Profil
 
 
 def load_plan_or_reasons(ref: str) -> Plan | list[str]:
+    """The plan, or every reason it cannot be booked (its steps' summed doses included)."""
     try:
-        return load_plan(ref)
+        plan = load_plan(ref)
     except PlanError as exc:
         return [f"--plan {ref}: {p}" for p in exc.problems]
+    over = plan_budget_problems(plan)
+    return [f"--plan {ref}: {p}" for p in over] if over else plan
 
 
 def booked_devices(store: RecordStore, given: Sequence[str],
@@ -209,27 +207,6 @@ def _device_checks(store: RecordStore, devices: Booked, patient: str, start: dat
 
 def session_too_close(store: RecordStore, patient: str, profile: Profile, start: datetime,
                       end: datetime, min_interval_s: float) -> str | None:
-    """A recorded session of the same modality for the patient closer than the interval."""
-    gap = timedelta(seconds=min_interval_s)
-    modalities: dict[str, str | None] = {profile.id: profile.modality}
-    for s in store.list_sessions(SESSION_LOOKBACK, patient=patient):
-        if s.outcome == "rejected" or (s.delivered_s is not None and s.delivered_s <= 0):
-            continue
-        if s.profile not in modalities:
-            found = load_profile(s.profile)
-            modalities[s.profile] = None if isinstance(found, str) else found.modality
-        if modalities[s.profile] != profile.modality:
-            continue
-        s_start, s_end = _session_window(s)
-        if s_start < end + gap and s_end > start - gap:
-            return (f"patient {patient} had a {profile.modality} session at {show(s_start)} "
-                    f"(session {s.id}); the clinic's minimum interval between two "
-                    f"{profile.modality} treatments is {min_interval_s / 3600:g} h")
-    return None
-
-
-def _session_window(s: SessionRow) -> tuple[datetime, datetime]:
-    start = datetime.fromisoformat(s.started_at)
-    if s.ended_at:
-        return start, datetime.fromisoformat(s.ended_at)
-    return start, start + timedelta(seconds=s.planned_s)  # open: running now
+    """A recorded session of the same modality for the patient closer than the interval (the
+    rule every route shares: `patient_rules.interval_conflict`)."""
+    return interval_conflict(store, patient, profile.modality, start, end, min_interval_s)

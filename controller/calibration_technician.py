@@ -6,7 +6,6 @@ kind it is, except that an unattended one cannot be waited for (`unattended`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -19,6 +18,7 @@ from controller.calibration_plan import (
     PointSpec,
     channel_text,
 )
+from controller.numbers import NumberError, parse_decimal
 
 Ask = Callable[[str], str]
 Say = Callable[[str], None]
@@ -135,8 +135,7 @@ def _number(text: str) -> float | None:
     # A decimal comma (41,97) is how many technicians write; only when it is unambiguous.
     if text.count(",") == 1 and "." not in text:
         text = text.replace(",", ".")
-    try:
-        value = float(text)
-    except ValueError:
+    try:   # ASCII decimal only, as every typed value (controller/numbers.py)
+        return parse_decimal(text.strip(), "reading")
+    except NumberError:
         return None
-    return value if math.isfinite(value) else None

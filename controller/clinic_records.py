@@ -8,6 +8,10 @@ Nothing here is ever deleted: a device taken out of service is marked removed (i
 taken, since calibrations and bookings are keyed by it), a booking is cancelled, and calibration
 records are append-only like the audit trail. Every change is audited with its actor.
 
+Every row write is audited with the row's content hash in the same transaction
+(`controller.records_integrity`), so `records verify` finds a row changed or forged behind modctl's
+back, such as a calibration inserted by hand.
+
 Times are stored as UTC ISO text of one fixed form (`iso_utc`), so text order is time order and
 SQL can compare them directly. `calibration_status` judges "overdue" on the clinic's local date.
 """
@@ -20,9 +24,12 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from controller import records_integrity as integrity
 
 BOOKING_STATUSES = ("booked", "cancelled", "started", "done")
 # Bookings that hold their device's time slot and count for the patient's minimum interval.
@@ -75,6 +82,19 @@ CLINIC_MIGRATION: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'calibration records are append-only'); END""",
 )
 
+# Schema 3 (in records.MIGRATIONS): what a device is (model, serial read at identification, the
+# resolved port) and which profile file it was registered with; which profile files a booking
+# was made with.
+CLINIC_IDENTITY_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE devices ADD COLUMN model TEXT",
+    "ALTER TABLE devices ADD COLUMN profile_path TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE devices ADD COLUMN profile_sha256 TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE devices ADD COLUMN port_real TEXT",
+    "CREATE INDEX devices_identity ON devices (model, serial)",
+    "CREATE INDEX devices_port_real ON devices (port_real)",
+    "ALTER TABLE bookings ADD COLUMN profiles TEXT NOT NULL DEFAULT '{}'",
+)
+
 
 class ClinicError(Exception):
     """A device, booking or calibration change is refused; the message says why."""
@@ -121,6 +141,14 @@ class DeviceRow:
     removed: bool
     removed_by: str | None
     removed_at: str | None
+    model: str | None = None
+    """The model the device reported at registration (None for older records)."""
+    profile_path: str = ""
+    """The profile file pinned at registration ('' for older records)."""
+    profile_sha256: str = ""
+    """SHA-256 of that file then: a changed file is refused until the device is pinned again."""
+    port_real: str | None = None
+    """The port's resolved real path (symlinks and `.`/`//` spellings removed)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +171,8 @@ class BookingRow:
     cancelled_by: str | None
     cancel_reason: str | None
     session_ids: tuple[str, ...]
+    profiles: dict[str, dict[str, str]] = dc_field(default_factory=dict)
+    """Profile by role (or "session"): {"id", "path", "sha256"} of the files booked with."""
 
     @property
     def device(self) -> str:
@@ -188,14 +218,20 @@ class ClinicRecords:
 
         def _read(self, action: str) -> AbstractContextManager[sqlite3.Connection]: ...
 
-        @staticmethod
-        def _append_audit(conn: sqlite3.Connection, actor: str, action: str, subject: str,
-                          detail: Mapping[str, Any]) -> int: ...
+        @classmethod
+        def _append_audit(cls, conn: sqlite3.Connection, actor: str, action: str,
+                          subject: str, detail: Mapping[str, Any],
+                          rows: list[dict[str, Any]] | None = None,
+                          entry_id: int | None = None) -> int: ...
 
     # -- devices ---------------------------------------------------------------------------
 
     def add_device(self, name: str, profile: str, port: str, actor: str, *,
-                   serial: str | None = None) -> DeviceRow:
+                   serial: str | None = None, model: str | None = None,
+                   profile_path: str = "", profile_sha256: str = "",
+                   port_real: str | None = None) -> DeviceRow:
+        """Register a device; `profile_path`/`profile_sha256` pin its profile file, `model` and
+        `serial` are what it reported, `port_real` the port's resolved real path."""
         if not DEVICE_NAME.fullmatch(name):
             raise ClinicError(f"device name '{name}': use 1-40 letters, digits, '.', '_' or "
                               "'-', starting with a letter or digit")
@@ -208,16 +244,64 @@ class ClinicRecords:
                          "because calibrations and bookings are kept by name"
                          if old["removed"] else "is already registered")
                 raise ClinicError(f"device '{name}' {state}")
-            other = conn.execute("SELECT name FROM devices WHERE port = ? AND removed = 0",
-                                 (port,)).fetchone()
-            if other is not None:
-                raise ClinicError(f"port {port} is already the port of device '{other[0]}'; "
-                                  "remove that device first")
+            self._refuse_clash(conn, name, port, port_real, model, serial)
             conn.execute("INSERT INTO devices (name, profile, port, serial, registered_by,"
-                         " registered_at) VALUES (?, ?, ?, ?, ?, ?)",
-                         (name, profile, port, serial, actor, _now()))
+                         " registered_at, model, profile_path, profile_sha256, port_real)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (name, profile, port, serial, actor, _now(), model, profile_path,
+                          profile_sha256, port_real))
             self._append_audit(conn, actor, "device.add", f"device/{name}",
-                               {"profile": profile, "port": port, "serial": serial})
+                               {"profile": profile, "port": port, "serial": serial,
+                                "model": model, "profile_path": profile_path,
+                                "profile_sha256": profile_sha256, "port_real": port_real},
+                               [integrity.ref(conn, "devices", name)])
+            return _device(conn.execute("SELECT * FROM devices WHERE name = ?",
+                                        (name,)).fetchone())
+
+    @staticmethod
+    def _refuse_clash(conn: sqlite3.Connection, name: str, port: str, port_real: str | None,
+                      model: str | None, serial: str | None) -> None:
+        """Another registered device on the same port (by name or real path) or with the same
+        reported identity is refused: the gate could not tell them apart."""
+        other = conn.execute(
+            "SELECT name FROM devices WHERE removed = 0 AND name <> ?2 AND (port IN (?1, ?3)"
+            " OR port_real IN (?1, ?3))", (port, name, port_real)).fetchone()
+        if other is not None:
+            raise ClinicError(f"port {port} is already the port of device '{other[0]}'; "
+                              "remove that device first")
+        if model and serial:
+            twin = conn.execute("SELECT name FROM devices WHERE removed = 0 AND name <> ?"
+                                " AND model = ? AND serial = ?",
+                                (name, model, serial)).fetchone()
+            if twin is not None:
+                raise ClinicError(f"a {model} with serial {serial} is already registered as "
+                                  f"device '{twin[0]}'")
+
+    def pin_device(self, name: str, *, profile: str, profile_path: str, profile_sha256: str,
+                   serial: str | None, model: str | None, port: str, port_real: str | None,
+                   actor: str) -> DeviceRow:
+        """A technician registers the device again (its profile file changed, or it moved):
+        the new profile hash, identity and port replace the old ones, audited "device.pin"."""
+        if not port.strip():
+            raise ClinicError("port: empty; give the device path or pyserial URL")
+        with self._write("pin a device") as conn:
+            row = conn.execute("SELECT * FROM devices WHERE name = ?", (name,)).fetchone()
+            if row is None or row["removed"]:
+                raise ClinicError(f"device '{name}' is not registered"
+                                  + (" (it was removed)" if row is not None else ""))
+            self._refuse_clash(conn, name, port, port_real, model, serial)
+            conn.execute("UPDATE devices SET profile = ?, profile_path = ?, profile_sha256 = ?,"
+                         " serial = ?, model = ?, port = ?, port_real = ? WHERE name = ?",
+                         (profile, profile_path, profile_sha256, serial, model, port,
+                          port_real, name))
+            self._append_audit(conn, actor, "device.pin", f"device/{name}",
+                               {"profile": profile, "port": port, "serial": serial,
+                                "model": model, "profile_path": profile_path,
+                                "profile_sha256": profile_sha256, "port_real": port_real,
+                                "was": {"profile": row["profile"],
+                                        "profile_sha256": row["profile_sha256"],
+                                        "port": row["port"], "serial": row["serial"]}},
+                               [integrity.ref(conn, "devices", name)])
             return _device(conn.execute("SELECT * FROM devices WHERE name = ?",
                                         (name,)).fetchone())
 
@@ -238,7 +322,7 @@ class ClinicRecords:
             conn.execute("UPDATE devices SET removed = 1, removed_by = ?, removed_at = ?"
                          " WHERE name = ?", (actor, _now(), name))
             self._append_audit(conn, actor, "device.remove", f"device/{name}",
-                               {"reason": reason})
+                               {"reason": reason}, [integrity.ref(conn, "devices", name)])
             return _device(conn.execute("SELECT * FROM devices WHERE name = ?",
                                         (name,)).fetchone())
 
@@ -261,21 +345,40 @@ class ClinicRecords:
                                (port,)).fetchone()
         return None if row is None else _device(row)
 
+    def device_on_real_port(self, real: str) -> DeviceRow | None:
+        """The registered (not removed) device whose port resolves to `real`, if any."""
+        with self._read("read a device") as conn:
+            row = conn.execute("SELECT * FROM devices WHERE removed = 0 AND port_real = ?"
+                               " ORDER BY name LIMIT 1", (real,)).fetchone()
+        return None if row is None else _device(row)
+
+    def device_by_identity(self, model: str, serial: str) -> DeviceRow | None:
+        """The registered (not removed) device that reported this model and serial number."""
+        with self._read("read a device") as conn:
+            row = conn.execute("SELECT * FROM devices WHERE removed = 0 AND model = ?"
+                               " AND serial = ? ORDER BY name LIMIT 1",
+                               (model, serial)).fetchone()
+        return None if row is None else _device(row)
+
     # -- bookings --------------------------------------------------------------------------
 
     def add_booking(self, *, devices: Mapping[str, str], profile: str | None,
                     plan: str | None, settings: Mapping[str, str], modalities: Iterable[str],
                     patient: str, starts_at: datetime, duration_s: float, actor: str,
-                    min_interval_s: float) -> BookingRow:
+                    min_interval_s: float,
+                    profiles: Mapping[str, Mapping[str, str]] | None = None) -> BookingRow:
         """Book devices (name by role) for a patient. Double-booking a device and the patient's
         minimum interval per modality are checked in the insert's own transaction, so two
-        clerks booking at once cannot both win. Give exactly one of `profile` and `plan`."""
+        clerks booking at once cannot both win. Give exactly one of `profile` and `plan`.
+        `profiles`: by role (or "session"), the {"id", "path", "sha256"} of the profile files
+        the booking was made with."""
         if (profile is None) == (plan is None) or not devices:
             raise ClinicError("a booking is for one profile or one plan, on at least one device")
         start = aware(starts_at)
         end = start + timedelta(seconds=duration_s)
         kinds = sorted(set(modalities))
         names = list(devices.values())
+        booked = {role: dict(p) for role, p in (profiles or {}).items()}
         with self._write("add a booking") as conn:
             for name in names:
                 dev = conn.execute("SELECT removed FROM devices WHERE name = ?",
@@ -310,10 +413,10 @@ class ClinicRecords:
                         f"treatments is {_hours(min_interval_s)}")
             cur = conn.execute(
                 "INSERT INTO bookings (profile, plan, settings, modalities, patient, starts_at,"
-                " ends_at, duration_s, status, created_by, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'booked', ?, ?)",
+                " ends_at, duration_s, status, created_by, created_at, profiles)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'booked', ?, ?, ?)",
                 (profile, plan, _dumps(dict(settings)), f",{','.join(kinds)},", patient,
-                 iso_utc(start), iso_utc(end), duration_s, actor, _now()))
+                 iso_utc(start), iso_utc(end), duration_s, actor, _now(), _dumps(booked)))
             booking_id = int(cur.lastrowid or 0)
             conn.executemany("INSERT INTO booking_devices VALUES (?, ?, ?, ?)",
                              [(booking_id, i, role, name)
@@ -321,7 +424,9 @@ class ClinicRecords:
             self._append_audit(conn, actor, "booking.add", f"booking/{booking_id}",
                                {"devices": dict(devices), "profile": profile, "plan": plan,
                                 "settings": dict(settings), "patient": patient,
-                                "starts_at": iso_utc(start), "duration_s": duration_s})
+                                "starts_at": iso_utc(start), "duration_s": duration_s,
+                                "profiles": booked},
+                               [integrity.ref(conn, "bookings", booking_id)])
             return _booking(conn, conn.execute("SELECT * FROM bookings WHERE id = ?",
                                                (booking_id,)).fetchone())
 
@@ -382,7 +487,8 @@ class ClinicRecords:
             action = "booking.cancel" if status == "cancelled" else f"booking.{status}"
             self._append_audit(conn, actor, action, f"booking/{booking_id}",
                                {"from": old.status, "to": status, "note": note,
-                                "session_ids": list(session_ids)})
+                                "session_ids": list(session_ids)},
+                               [integrity.ref(conn, "bookings", booking_id)])
             return _booking(conn, conn.execute("SELECT * FROM bookings WHERE id = ?",
                                                (booking_id,)).fetchone())
 
@@ -417,7 +523,8 @@ class ClinicRecords:
                                {"device": device, "profile": profile, "passed": passed,
                                 "instrument": instrument, "instrument_id": instrument_id,
                                 "before": dict(before), "after": dict(after),
-                                "performed_at": iso_utc(done), "next_due": next_due.isoformat()})
+                                "performed_at": iso_utc(done), "next_due": next_due.isoformat()},
+                               [integrity.ref(conn, "calibrations", cal_id)])
             return cal_id
 
     def calibrations(self, device: str) -> list[CalibrationRow]:
@@ -457,7 +564,9 @@ def _device(r: sqlite3.Row) -> DeviceRow:
     return DeviceRow(name=r["name"], profile=r["profile"], port=r["port"], serial=r["serial"],
                      registered_by=r["registered_by"], registered_at=r["registered_at"],
                      removed=bool(r["removed"]), removed_by=r["removed_by"],
-                     removed_at=r["removed_at"])
+                     removed_at=r["removed_at"], model=r["model"],
+                     profile_path=r["profile_path"], profile_sha256=r["profile_sha256"],
+                     port_real=r["port_real"])
 
 
 def _booking(conn: sqlite3.Connection, r: sqlite3.Row) -> BookingRow:
@@ -472,7 +581,7 @@ def _booking(conn: sqlite3.Connection, r: sqlite3.Row) -> BookingRow:
         ends_at=datetime.fromisoformat(r["ends_at"]), duration_s=float(r["duration_s"]),
         status=r["status"], created_by=r["created_by"], created_at=r["created_at"],
         cancelled_by=r["cancelled_by"], cancel_reason=r["cancel_reason"],
-        session_ids=tuple(json.loads(r["session_ids"])))
+        session_ids=tuple(json.loads(r["session_ids"])), profiles=json.loads(r["profiles"]))
 
 
 def _calibration(r: sqlite3.Row) -> CalibrationRow:

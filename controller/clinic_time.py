@@ -2,16 +2,30 @@
 
 `now()` is the one wall clock the booking commands and `modctl serve` read, so tests can replace
 it. Nothing here ever times an output: sessions run on `time.monotonic()` (DESIGN §2.3).
+
+Typed dates and times are read by ASCII patterns of our own, never by `int()` or
+`datetime.fromisoformat` on the raw text (both accept digits of other scripts, "٠٩:٣٠"), and
+must lie in `allowed_days()`: year 9999 or year 1 would overflow the date arithmetic that follows
+(the booking's end, the conversion to UTC) instead of being refused.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta, timezone
 
 # `--at 09:30` (today) or a full local date and time; seconds and an explicit offset optional.
-_CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
+# ASCII digits only ([0-9], not \d, which matches every script's digits).
+_CLOCK = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?")
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_MOMENT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{1,2}):([0-9]{2})"
+                     r"(?::([0-9]{2}))?(Z|[+-][0-9]{2}:?[0-9]{2})?")
 _FORMS = "HH:MM (today), YYYY-MM-DDTHH:MM or 'YYYY-MM-DD HH:MM' (local time)"
+# No clinic record predates this day; it also keeps every conversion to UTC inside the range
+# Python's datetime can hold.
+EARLIEST_DAY = date(2000, 1, 1)
+# Bookings are made at most this far ahead; a later date is a typing mistake.
+BOOKING_HORIZON_DAYS = 366
 
 
 class TimeError(ValueError):
@@ -23,31 +37,69 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def allowed_days() -> tuple[date, date]:
+    """The first and last local day a typed date may name (read at each call: `now()`)."""
+    return EARLIEST_DAY, local_day(now()) + timedelta(days=BOOKING_HORIZON_DAYS)
+
+
 def parse_at(text: str, option: str = "--at", *, today: date | None = None) -> datetime:
     """A local time of day (today) or local date and time, as an aware UTC datetime."""
-    t = text.strip()
-    clock = _CLOCK.fullmatch(t)
+    _no_spaces_around(text, option)
+    clock, moment = _CLOCK.fullmatch(text), _MOMENT.fullmatch(text)
+    if clock is None and moment is None:
+        raise TimeError(f"{option} '{text}' is not a time: give {_FORMS}")
     try:
-        if clock:
+        if clock is not None:
             hour, minute, second = (int(g or 0) for g in clock.groups())
-            base = today or now().astimezone().date()
-            moment = datetime.combine(base, time(hour, minute, second))
+            day = today or local_day(now())
+            zone = None
         else:
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{1,2}:\d{2}.*", t):
-                raise ValueError
-            moment = datetime.fromisoformat(t)
-    except ValueError:
-        raise TimeError(f"{option} '{text}' is not a time: give {_FORMS}") from None
-    return moment.astimezone(UTC)  # a naive time is local: astimezone() reads the OS zone
+            assert moment is not None
+            y, mo, d, hour, minute, second = (int(g or 0) for g in moment.groups()[:6])
+            day = date(y, mo, d)
+            zone = _zone(moment.group(7))
+        _in_range(day, text, option)
+        value = datetime.combine(day, time(hour, minute, second), tzinfo=zone)
+    except ValueError as exc:  # month 13, 25:00, offset +25:00
+        if isinstance(exc, TimeError):
+            raise
+        raise TimeError(f"{option} '{text}' is not a time ({exc}): give {_FORMS}") from None
+    return value.astimezone(UTC)  # a naive time is local: astimezone() reads the OS zone
 
 
 def parse_day(text: str, option: str = "--day") -> date:
+    _no_spaces_around(text, option)
+    match = _DAY.fullmatch(text)
     try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
-            raise ValueError
-        return date.fromisoformat(text.strip())
+        if match is None:
+            raise ValueError("not YYYY-MM-DD")
+        day = date(*(int(g) for g in match.groups()))
     except ValueError:
         raise TimeError(f"{option} '{text}' is not a day: give YYYY-MM-DD") from None
+    _in_range(day, text, option)
+    return day
+
+
+def _no_spaces_around(text: str, option: str) -> None:
+    if text != text.strip():
+        raise TimeError(f"{option} '{text}' has spaces around it: give the date or time alone")
+
+
+def _zone(offset: str | None) -> timezone | None:
+    if offset is None:
+        return None
+    if offset == "Z":
+        return UTC
+    sign = -1 if offset[0] == "-" else 1
+    digits = offset[1:].replace(":", "")
+    return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+
+
+def _in_range(day: date, text: str, option: str) -> None:
+    first, last = allowed_days()
+    if not first <= day <= last:
+        raise TimeError(f"{option} '{text}' is out of range: give a day from {first} to {last} "
+                        f"(bookings are made at most {BOOKING_HORIZON_DAYS} days ahead)")
 
 
 def local_day(moment: datetime) -> date:

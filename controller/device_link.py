@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from controller.profile import Profile
 from controller.profile_sections import Step
 from protocols.engine import Engine, EventHandler
-from protocols.errors import ProtocolError
-from protocols.map_common import Scalar
+from protocols.errors import Interrupted, ProtocolError
+from protocols.map_common import Scalar, scalar_text
 from protocols.transport import SerialTransport
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,20 @@ ENGINES = {
     "scpi_line": "protocols.scpi:ScpiEngine",
     "framed_binary": "protocols.framed:FramedEngine",
 }
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """A value written to the device and what it reads back (None: cannot be read)."""
+
+    written: Scalar
+    read: Scalar | None
+
+    @property
+    def confirmed(self) -> bool | None:
+        """True when the device holds the value, False when it holds another, None when
+        it cannot tell."""
+        return None if self.read is None else _equal(self.read, self.written)
 
 
 class OperationFailed(ProtocolError):
@@ -55,6 +70,7 @@ class DeviceLink:
         self.engine = engine
         # Telemetry source per name, with `{var}` templates expanded once per session.
         self._telemetry_keys: dict[str, str] = {}
+        self._interrupt: Callable[[], bool] | None = None
 
     @classmethod
     def open(cls, profile: Profile, port: str) -> DeviceLink:
@@ -69,7 +85,9 @@ class DeviceLink:
         if steps is None:
             raise OperationFailed(f"profile {self.profile.id} has no '{op}' operation")
         results: dict[str, Scalar] = {}
-        for step in steps:
+        for index, step in enumerate(steps):
+            if index and self._interrupt is not None and self._interrupt():
+                raise Interrupted(f"{op}: pre-empted before step {index + 1}")
             args = self._resolve(step, variables)
             if step.write is not None:
                 results.update(self.engine.write(step.write, args))
@@ -78,6 +96,26 @@ class DeviceLink:
                 results.update(self.engine.read(step.read, args or None))
             self._check_expect(op, step, results)
         return results
+
+    def read_back(self, op: str, variables: Mapping[str, Scalar]) -> dict[str, ReadBack]:
+        """Read back every value that `op` writes where the device can tell (holding
+        registers, settable queries): "arg" or "entry.arg" -> (written, read or None).
+
+        The record keeps what the device holds, not what was planned; a value the
+        family cannot read back without side effects reads as None."""
+        out: dict[str, ReadBack] = {}
+        for step in self.profile.operations.defined().get(op) or []:
+            if step.write is None:
+                continue
+            written = self._resolve(step, variables)
+            got: dict[str, Scalar] = {}
+            if self.engine.reads_back(step.write):
+                got = self.engine.read([step.write])
+            for arg, value in written.items():
+                key = f"{step.write}.{arg}"
+                read = got.get(key, got.get(step.write) if len(written) == 1 else None)
+                out[key] = ReadBack(value, read)
+        return out
 
     def telemetry(self, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
         """Read telemetry and translate it to the modality's names."""
@@ -91,12 +129,20 @@ class DeviceLink:
             value = raw[key]
             mapping = self.profile.telemetry_source(name).map
             if mapping is not None:
-                value = mapping.get(_text(value), value)
+                value = mapping.get(scalar_text(value), value)
             out[name] = value
         return out
 
     def set_event_handler(self, handler: EventHandler | None) -> None:
         self.engine.set_event_handler(handler)
+
+    def set_interrupt(self, check: Callable[[], bool] | None) -> None:
+        """Let `check` pre-empt routine I/O: before every exchange but the first of an
+        operation, a true check raises `Interrupted` and nothing more is sent. A stop
+        then waits for at most the one exchange already on the wire. Cleared (None)
+        before stop commands, which must never be pre-empted."""
+        self._interrupt = check
+        self.engine.set_interrupt(check)
 
     def poll_events(self) -> None:
         self.engine.poll_events()
@@ -127,16 +173,9 @@ def _expand(source: str, variables: Mapping[str, Scalar]) -> str:
     for name, value in variables.items():
         token = "{" + name + "}"
         if token in source:
-            source = source.replace(token, _text(value))
+            source = source.replace(token, scalar_text(value))
     return source
 
-
-def _text(value: Scalar) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _equal(got: Scalar | None, want: Scalar) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from controller.csv_safe import LINE_END, safe_row
 from controller.records import RecordStore, SampleRow
 
 # list_sessions has no "all": the largest SQL integer is its way of saying so.
@@ -214,22 +215,27 @@ def history_json(history: PatientHistory) -> str:
 
 
 def history_csv(history: PatientHistory) -> str:
-    """One `session` row per session (oldest first), then one `total` row per modality."""
+    """One `session` row per session (oldest first), then one `total` row per modality.
+
+    Text cells go through `csv_safe` like every CSV the records write: typed text (a patient id
+    looked up leniently, an operator's name) beginning with = + - @ would run as a spreadsheet
+    formula; CR/LF inside a cell are quoted (RFC 4180 line ends), never a new row.
+    """
     out = io.StringIO()
-    writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator=LINE_END)
     writer.writeheader()
     for e in history.entries:
-        writer.writerow({
+        writer.writerow(safe_row({
             "row": ROW_SESSION, "patient": history.patient, "modality": e.modality,
             "session_id": e.session_id, "started_at": e.started_at, "ended_at": e.ended_at,
             "profile": e.profile, "operator": e.operator, "status": e.status,
             "outcome": e.outcome, "sessions": 1, "planned_s": e.planned_s,
-            "delivered_s": e.delivered_s, **e.figures})
+            "delivered_s": e.delivered_s, **e.figures}))
     for t in history.totals:
-        writer.writerow({
+        writer.writerow(safe_row({
             "row": ROW_TOTAL, "patient": history.patient, "modality": t.modality,
             "started_at": t.first_started_at, "sessions": t.sessions,
-            "delivered_s": t.delivered_s, **t.figures})
+            "delivered_s": t.delivered_s, **t.figures}))
     return out.getvalue()
 
 

@@ -1,9 +1,11 @@
-"""Effective limits: the tightest of the absolute and clinical tiers, with provenance."""
+"""Effective limits: the tightest of ceiling, absolute and clinical tiers, with provenance."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from controller.ceilings import ceiling_regimes, ceilings_for, limit_ceilings
 from controller.profile import Profile
 from controller.profile_sections import Bound
 
@@ -12,7 +14,8 @@ from controller.profile_sections import Bound
 class Side:
     value: float
     source: str
-    """Which limit set this side: 'absolute', 'clinical' or 'clinical (cold)'."""
+    """Which limit set this side: 'ceiling', 'ceiling (cold)', 'absolute', 'clinical'
+    or 'clinical (cold)'."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class EffectiveBound:
 
 
 def active_regimes(profile: Profile, values: dict[str, float | str]) -> list[str]:
-    """Regimes whose condition holds for these parameter values."""
+    """Regimes of the profile whose condition holds for these parameter values."""
     out = []
     for name, regime in profile.limits.regimes.items():
         value = values.get(regime.when.parameter)
@@ -40,36 +43,60 @@ def active_regimes(profile: Profile, values: dict[str, float | str]) -> list[str
     return out
 
 
-def effective_bound(profile: Profile, name: str, regimes: list[str]) -> EffectiveBound | None:
-    """Tightest bound on `name` over absolute, clinical and the active regimes' limits.
+def active_ceiling_regimes(profile: Profile, values: dict[str, float | str]) -> list[str]:
+    """Code regimes (ceilings.py: cold) that hold, whatever the profile's regimes say."""
+    return ceiling_regimes(profile.modality, values)
 
-    On a tie the later (more specific) tier is named, so a record shows the clinical
-    limit when a clinic has set one equal to the device's.
+
+def effective_bound(profile: Profile, name: str, regimes: Sequence[str],
+                    code_regimes: Sequence[str] = ()) -> EffectiveBound | None:
+    """Tightest bound on `name` over ceiling, absolute, clinical and active regimes' limits.
+
+    `regimes` are the profile's active regimes, `code_regimes` the ceiling table's
+    (active_ceiling_regimes). On a tie the later (more specific) tier is named, so a
+    record shows the clinical limit when a clinic has set one equal to the ceiling or
+    the device's; a ceiling is named only when it is strictly the tightest.
     """
-    tiers: list[tuple[str, Bound]] = []
+    tiers: list[tuple[str, Bound | None]] = [
+        (src, Bound.model_construct(min=c.min, max=c.max))
+        for src, c in limit_ceilings(profile.modality, name, tuple(code_regimes))]
     lim = profile.limits
     if name in lim.absolute:
         tiers.append(("absolute", lim.absolute[name]))
     if name in lim.clinical:
         tiers.append(("clinical", lim.clinical[name]))
     for r in regimes:
-        if name in lim.regimes[r].clinical:
-            tiers.append((f"clinical ({r})", lim.regimes[r].clinical[name]))
-    if not tiers:
-        return None
+        regime = lim.regimes.get(r)
+        if regime is not None and name in regime.clinical:
+            tiers.append((f"clinical ({r})", regime.clinical[name]))
     low: Side | None = None
     high: Side | None = None
     for source, bound in tiers:
+        if bound is None:
+            continue
         if bound.min is not None and (low is None or bound.min >= low.value):
             low = Side(bound.min, source)
         if bound.max is not None and (high is None or bound.max <= high.value):
             high = Side(bound.max, source)
+    if low is None and high is None:
+        return None
     return EffectiveBound(low, high)
 
 
-def effective_interlocks(profile: Profile, regimes: list[str]) -> dict[str, float]:
-    """Interlock thresholds, with those of active regimes taking precedence."""
+def effective_interlocks(profile: Profile, regimes: Sequence[str]) -> dict[str, float]:
+    """Interlock thresholds: active regimes take precedence; never past a ceiling.
+
+    An interlock the ceiling table names applies even when the profile lacks it.
+    """
     out = dict(profile.limits.interlocks)
     for r in regimes:
-        out.update(profile.limits.regimes[r].interlocks)
+        regime = profile.limits.regimes.get(r)
+        if regime is not None:
+            out.update(regime.interlocks)
+    for name, ceiling in ceilings_for(profile.modality).interlocks.items():
+        value = out.get(name)
+        if ceiling.max is not None:
+            out[name] = ceiling.max if value is None else min(value, ceiling.max)
+        if ceiling.min is not None:
+            out[name] = ceiling.min if value is None else max(out[name], ceiling.min)
     return out

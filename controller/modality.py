@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from controller import modality_tens as tens
 from controller import modality_thermal as thermal
 from controller import modality_ultrasound as ultrasound
+from controller.ceilings import ceilings_for, effective_rule, tightest_max
 from controller.limits import effective_interlocks
 from controller.profile import Profile
 
@@ -92,8 +93,14 @@ class ModalityRules:
 
     # -- helpers ----------------------------------------------------------------
     def _derived_max(self, name: str) -> float | None:
+        """The profile's derived maximum, never above the modality's ceiling."""
         bound = self.profile.limits.derived.get(name)
-        return None if bound is None else bound.max
+        ceiling = ceilings_for(self.profile.modality).derived.get(name)
+        return tightest_max(None if bound is None else bound.max, ceiling)
+
+    def _rule(self, name: str) -> float | None:
+        """A profile rule with its ceiling applied (present even if the profile lacks it)."""
+        return effective_rule(self.profile.modality, name, self.profile.rules.get(name))
 
     def _interlocks(self, prescription: Prescription) -> dict[str, float]:
         return effective_interlocks(self.profile, list(prescription.regimes))
@@ -113,7 +120,7 @@ class ThermalRules(ModalityRules):
                         f"temperature_c={setpoint:g} for {duration_s:g} s")]
 
     def is_cold(self, setpoint_c: float) -> bool:
-        skin = self.profile.rules.get("skin_temp_c")
+        skin = self._rule("skin_temp_c")
         return skin is not None and thermal.is_cold(setpoint_c, skin)
 
     def dose_meter(self, prescription: Prescription, facts: Mapping[str, float] | None = None,
@@ -184,7 +191,7 @@ class TensRules(ModalityRules):
         return out
 
     def _rate(self) -> float | None:
-        return self.profile.rules.get("ramp_rate_ma_s")
+        return self._rule("ramp_rate_ma_s")
 
     def _max_ramp(self, facts: Mapping[str, float]) -> float | None:
         return facts.get(FACT_MAX_RAMP, self.profile.rules.get(RULE_MAX_RAMP))

@@ -29,6 +29,26 @@ SESSION_VARIABLES: frozenset[str] = frozenset({
 })
 
 
+# -- backstops every profile must prove (controller/profile_backstops.py) -------------
+# `arm` writes the device watchdog from this variable, into a field in seconds.
+WATCHDOG_VARIABLE = "watchdog_s"
+# The device session timer is loaded from this variable, in `arm` or, for devices whose
+# start command carries the duration (ES-4), in `start` itself.
+TIMER_VARIABLE = "timer_s"
+ARM_OPERATION = "arm"
+START_OPERATION = "start"
+# Each of these must switch the output off (see docs/profiles.md for the rule).
+OFF_OPERATIONS: tuple[str, ...] = ("stop", "emergency_stop")
+# The only variables a stop may send: which channel, how fast to ramp down. A stop
+# never writes a prescription value (an amplitude, a setpoint).
+OFF_VARIABLES: frozenset[str] = frozenset({"channel_mask", "ramp_down_s"})
+# Engineering unit of the fields the watchdog and the timer are written into.
+SECONDS_UNIT = "s"
+# Telemetry the session's runtime check reads back after start: the device timer's
+# remaining time (proves the timer runs) and the device's own output time.
+RUNTIME_TELEMETRY: frozenset[str] = frozenset({"remaining_s", "elapsed_s"})
+
+
 @dataclass(frozen=True)
 class ModalityContract:
     parameters: frozenset[str]
@@ -43,6 +63,8 @@ class ModalityContract:
         "identify", "configure", "arm", "start", "stop", "emergency_stop",
         "read_telemetry",
     }))
+    runtime_telemetry: frozenset[str] = RUNTIME_TELEMETRY
+    """Telemetry the runtime backstop check needs (device timer and output time)."""
 
 
 CONTRACTS: dict[str, ModalityContract] = {

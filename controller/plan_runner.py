@@ -29,6 +29,7 @@ from typing import Protocol, TextIO
 from controller import session_checks
 from controller.cli.session_cmd import run_session
 from controller.device_link import DeviceLink
+from controller.dose_budget import budget_problems
 from controller.modality import FACT_ERA
 from controller.plan import (
     EXAMPLE_WARNING,
@@ -52,6 +53,8 @@ Sleep = Callable[[float], None]
 LinkFactory = Callable[[Profile, str], DeviceLink]
 DeviceCheck = Callable[[str, Profile, str], str | None]
 """(role, profile, port) -> a reason the device may not be used (calibration overdue), or None."""
+PlanCheck = Callable[[Plan], list[str]]
+"""plan -> reasons the plan may not start for this patient (the minimum interval), or []."""
 
 # The pause countdown is refreshed this often (and a stop is noticed this fast).
 PAUSE_TICK_S = 1.0
@@ -72,24 +75,27 @@ def run_plan(plan: Plan, ports: Mapping[str, str], store: RecordStore | None, op
              patient: str | None, interactive: bool, *, live: bool = False,
              ask: Ask = input, out: TextIO | None = None, sleep: Sleep = time.sleep,
              booking_id: str | None = None, device_check: DeviceCheck | None = None,
-             link_factory: LinkFactory = DeviceLink.open) -> PlanReport:
+             link_factory: LinkFactory = DeviceLink.open,
+             plan_check: PlanCheck | None = None) -> PlanReport:
     """Run `plan` with each device role on `ports[role]`; never raises for a plan problem.
 
     `interactive`: ask before each step (with `ask`, `input` by default); otherwise run
     straight through. `live`: the one-line session display (terminals only). Progress
     goes to `out` (stdout by default). `device_check` refuses a device before the plan
-    starts (the calibration gate). Call from the main thread (signal handlers).
+    starts (the calibration gate); `plan_check` refuses the plan for the patient (the minimum
+    interval, `patient_rules`). Call from the main thread (signal handlers).
     """
     return _PlanRun(plan.name, plan.source, plan.example, store, operator, patient,
                     booking_id, out or sys.stdout).run(
-        plan, ports, interactive, live, ask, sleep, device_check, link_factory)
+        plan, ports, interactive, live, ask, sleep, device_check, link_factory, plan_check)
 
 
 def run_plan_ref(plan_ref: str, ports: Mapping[str, str], store: RecordStore | None, *,
                  operator: str, patient: str | None, interactive: bool,
                  booking_id: str | None = None, live: bool = False, ask: Ask = input,
                  out: TextIO | None = None, sleep: Sleep = time.sleep,
-                 device_check: DeviceCheck | None = None) -> PlanReport:
+                 device_check: DeviceCheck | None = None,
+                 plan_check: PlanCheck | None = None) -> PlanReport:
     """Load the plan `plan_ref` (preset name or path) now, and run it.
 
     A plan that does not load is refused like any other problem: the report says
@@ -103,7 +109,8 @@ def run_plan_ref(plan_ref: str, ports: Mapping[str, str], store: RecordStore | N
         return _PlanRun(plan_ref, exc.path, False, store, operator, patient, booking_id,
                         stream).refuse(exc.problems)
     return run_plan(plan, ports, store, operator, patient, interactive, live=live, ask=ask,
-                    out=stream, sleep=sleep, booking_id=booking_id, device_check=device_check)
+                    out=stream, sleep=sleep, booking_id=booking_id, device_check=device_check,
+                    plan_check=plan_check)
 
 
 class BookingLike(Protocol):
@@ -218,11 +225,13 @@ def match_devices(plan: Plan, devices: Mapping[str, tuple[str, str]],
 
 
 def precheck(plan: Plan, ports: Mapping[str, str], device_check: DeviceCheck | None = None,
-             link_factory: LinkFactory = DeviceLink.open) -> tuple[dict[int, Prescription],
-                                                                    list[str]]:
+             link_factory: LinkFactory = DeviceLink.open,
+             plan_check: PlanCheck | None = None) -> tuple[dict[int, Prescription], list[str]]:
     """Fresh prescriptions by step index, and every reason the plan may not start.
 
-    Devices are only contacted when the ports and the limits are in order.
+    Devices are only contacted when the ports, the limits, the summed dose of each modality's
+    steps (`dose_budget`) and `plan_check` are in order; the doses that need a device fact (the
+    ultrasound energy) are summed again once the devices have reported it.
     """
     problems: list[str] = []
     for role, profile in plan.profiles.items():
@@ -238,6 +247,9 @@ def precheck(plan: Plan, ports: Mapping[str, str], device_check: DeviceCheck | N
             rxs[step.index] = step.prescription()
         except PrescriptionRejected as exc:
             problems += [f"{step.label()}: {m}" for m in exc.messages()]
+    problems += budget_problems(_planned(plan, rxs))
+    if plan_check is not None:
+        problems += plan_check(plan)
     if device_check is not None:
         for role, profile in plan.profiles.items():
             port = ports.get(role, "").strip()
@@ -258,7 +270,13 @@ def precheck(plan: Plan, ports: Mapping[str, str], device_check: DeviceCheck | N
                 rxs[step.index] = apply_device_facts(profile, rxs[step.index], facts)
             except PrescriptionRejected as exc:
                 problems += [f"{step.label()}: {m}" for m in exc.messages()]
+    if not problems:  # the first sum found nothing: only doses known from facts are new
+        problems += budget_problems(_planned(plan, rxs))
     return rxs, problems
+
+
+def _planned(plan: Plan, rxs: Mapping[int, Prescription]) -> list[tuple[str, Prescription]]:
+    return [(s.label(), rxs[s.index]) for s in plan.steps if s.index in rxs]
 
 
 def _probe(profile: Profile, rx: Prescription, port: str,
@@ -303,7 +321,7 @@ class _PlanRun:
     # -- the run --------------------------------------------------------------------------
     def run(self, plan: Plan, ports: Mapping[str, str], interactive: bool, live: bool,
             ask: Ask, sleep: Sleep, device_check: DeviceCheck | None,
-            link_factory: LinkFactory) -> PlanReport:
+            link_factory: LinkFactory, plan_check: PlanCheck | None = None) -> PlanReport:
         self.report.steps = [StepResult.planned(s, ports.get(s.role, "")) for s in plan.steps]
         self.report.planned_s = plan.treatment_s()
         if plan.example:
@@ -313,18 +331,18 @@ class _PlanRun:
         with self._stop_signals():
             try:
                 self._run(plan, ports, interactive, live, ask, sleep, device_check,
-                          link_factory)
+                          link_factory, plan_check)
             except _Stop as exc:
                 self._end("stopped", f"plan stopped by the operator {exc}")
         return self._finish()
 
     def _run(self, plan: Plan, ports: Mapping[str, str], interactive: bool, live: bool,
              ask: Ask, sleep: Sleep, device_check: DeviceCheck | None,
-             link_factory: LinkFactory) -> None:
+             link_factory: LinkFactory, plan_check: PlanCheck | None) -> None:
         self._say(f"plan '{plan.name}': checking {len(plan.steps)} steps and "
                   f"{len(plan.profiles)} devices before anything starts")
         with self._interruptible():
-            rxs, problems = precheck(plan, ports, device_check, link_factory)
+            rxs, problems = precheck(plan, ports, device_check, link_factory, plan_check)
         self._check_signal()
         if problems:
             self._refused(problems)

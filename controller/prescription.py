@@ -16,8 +16,24 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from controller.limits import EffectiveBound, Side, active_regimes, effective_bound
+from controller.ceilings import CEILING, ceilings_for, limit_ceilings
+from controller.limits import (
+    EffectiveBound,
+    Side,
+    active_ceiling_regimes,
+    active_regimes,
+    effective_bound,
+)
 from controller.modality import Derived, Value, modality_for
+from controller.numbers import (
+    MAX_NUMBER_TEXT,
+    NOT_A_NUMBER,
+    NOT_WHOLE,
+    NumberError,
+    is_decimal,
+    parse_decimal,
+    parse_integer,
+)
 from controller.profile import DURATION, Profile, on_step
 from controller.profile_sections import Bound, Parameter
 
@@ -28,11 +44,10 @@ DERIVED_SOURCE = "derived"
 DERIVED_SLACK = 1e-9
 # Tolerance for matching a number against a parameter's allowed set.
 ALLOWED_REL_TOL = 1e-9
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
-_PLAIN_SECONDS = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+# ASCII digits only (re.ASCII): Python's \d and float() also take "٤٠" and "４０".
 _UNIT_DURATION = re.compile(
-    r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?")
+    r"(?:(?P<h>[0-9]+(?:\.[0-9]+)?)h)?(?:(?P<m>[0-9]+(?:\.[0-9]+)?)m)?"
+    r"(?:(?P<s>[0-9]+(?:\.[0-9]+)?)s)?", re.ASCII)
 _SECONDS_PER = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION_FORMS = "seconds (90, 2.5) or 90s, 5m, 1m30s, 1h"
 
@@ -50,13 +65,21 @@ class SettingsError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `90`, `2.5`, `90s`, `5m`, `1m30s`, `1h` (also `1h30m`, `1.5m`)."""
-    t = text.strip().lower()
-    if _PLAIN_SECONDS.fullmatch(t):
-        seconds = float(t)
+    """Seconds from `90`, `2.5`, `90s`, `5m`, `1m30s`, `1h` (also `1h30m`, `1.5m`).
+
+    ASCII digits only, no spaces (controller.numbers); unit letters in either case.
+    """
+    if is_decimal(text):
+        seconds = parse_decimal(text, f"duration '{text}'")
     else:
-        match = _UNIT_DURATION.fullmatch(t) if t else None
+        t = text.lower() if text.isascii() else text
+        match = _UNIT_DURATION.fullmatch(t) if t and len(t) <= MAX_NUMBER_TEXT else None
         if match is None or not any(match.groupdict().values()):
+            try:   # the specific reason for spaces and other scripts' digits
+                parse_decimal(text, f"duration '{text}'")
+            except NumberError as exc:
+                if exc.reason != NOT_A_NUMBER:
+                    raise DurationError(f"{exc}; give {_DURATION_FORMS}") from None
             raise DurationError(f"duration '{text}' is not understood: give {_DURATION_FORMS}")
         seconds = sum(float(v) * _SECONDS_PER[k] for k, v in match.groupdict().items() if v)
     if not math.isfinite(seconds):
@@ -72,13 +95,16 @@ def parse_settings(pairs: Iterable[str]) -> dict[str, str]:
     problems: list[str] = []
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        name, value = name.strip(), value.strip()
+        name = name.strip()
         if not sep:
             problems.append(f"'{pair}': expected NAME=VALUE")
         elif not name:
             problems.append(f"'{pair}': the name before '=' is empty")
-        elif not value:
+        elif not value.strip():
             problems.append(f"'{pair}': the value after '=' is empty")
+        elif value != value.strip():
+            # " 40" is not "40": a typed value is taken exactly as given, never trimmed.
+            problems.append(f"'{pair}': the value after '=' has spaces around it")
         elif name in out:
             problems.append(f"'{name}' is set twice ({name}={out[name]} and {name}={value})")
         else:
@@ -86,6 +112,14 @@ def parse_settings(pairs: Iterable[str]) -> dict[str, str]:
     if problems:
         raise SettingsError(problems)
     return out
+
+
+@dataclass(frozen=True)
+class _Active:
+    """The regimes that hold for a request: the profile's and the ceiling table's."""
+
+    profile: tuple[str, ...]
+    code: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -145,6 +179,7 @@ class Prescription:
     """As `values`, with choice names mapped to the device's codes."""
     duration_s: float
     regimes: tuple[str, ...]
+    """The profile's regimes that apply (their clinical limits and interlocks)."""
     limits: dict[str, AppliedLimit]
     """Every parameter and `duration_s`: the limit applied and its provenance."""
     derived: dict[str, float] = field(default_factory=dict)
@@ -157,6 +192,8 @@ class Prescription:
     """Derived limits not yet checked for want of device facts: no output may start."""
     defaults: tuple[str, ...] = ()
     """Parameters the operator did not give (their defaults were used)."""
+    ceiling_regimes: tuple[str, ...] = ()
+    """Regimes of the code's ceiling table that apply (ceilings.py: cold)."""
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """One operator action: a TENS output is never restarted on the same id."""
 
@@ -166,7 +203,8 @@ class Prescription:
             "request_id": self.request_id, "profile": self.profile_id,
             "modality": self.modality, "values": dict(self.values),
             "device_values": dict(self.device_values), "duration_s": self.duration_s,
-            "regimes": list(self.regimes), "defaults": list(self.defaults),
+            "regimes": list(self.regimes), "ceiling_regimes": list(self.ceiling_regimes),
+            "defaults": list(self.defaults),
             "limits": {k: v.record() for k, v in self.limits.items()},
             "derived": dict(self.derived),
             "derived_limits": {k: v.record() for k, v in self.derived_limits.items()},
@@ -194,7 +232,7 @@ def build_prescription(profile: Profile, settings: Mapping[str, str], duration_s
     defaults: list[str] = []
     for name, param in params.items():
         if name in settings:
-            text = settings[name].strip()
+            text = settings[name]
             shown[name] = text
         elif param.default is not None:
             text = _default_text(param)
@@ -210,8 +248,9 @@ def build_prescription(profile: Profile, settings: Mapping[str, str], duration_s
         else:
             values[name] = parsed
 
-    regimes = active_regimes(profile, {k: v if isinstance(v, str) else float(v)
-                                       for k, v in values.items()})
+    as_numbers = {k: v if isinstance(v, str) else float(v) for k, v in values.items()}
+    regimes = _Active(tuple(active_regimes(profile, as_numbers)),
+                      tuple(active_ceiling_regimes(profile, as_numbers)))
     limits: dict[str, AppliedLimit] = {}
     bad = {p.name for p in problems}
     for name, param in params.items():
@@ -227,7 +266,8 @@ def build_prescription(profile: Profile, settings: Mapping[str, str], duration_s
     draft = Prescription(
         profile_id=profile.id, modality=profile.modality, values=values,
         device_values=_device_values(params, values), duration_s=duration_s,
-        regimes=tuple(regimes), limits=limits, defaults=tuple(defaults))
+        regimes=regimes.profile, ceiling_regimes=regimes.code, limits=limits,
+        defaults=tuple(defaults))
     checked, more = _with_facts(profile, draft, valid, dict(facts or {}))
     problems += more
     if problems:
@@ -264,22 +304,16 @@ def _with_facts(profile: Profile, draft: Prescription, valid: Mapping[str, Value
     derived_limits: dict[str, AppliedLimit] = {}
     for d in rules.derived(valid, draft.duration_s, facts):
         derived[d.name] = d.value
-        bound = profile.limits.derived.get(d.name)
-        if bound is not None:
-            derived_limits[d.name] = AppliedLimit(
-                Side(bound.min, DERIVED_SOURCE) if bound.min is not None else None,
-                Side(bound.max, DERIVED_SOURCE) if bound.max is not None else None)
-            problems += _check_derived(d, bound)
+        applied = _derived_limit(profile, d.name)
+        if applied is not None:
+            derived_limits[d.name] = applied
+            problems += _check_derived(d, applied, profile.modality)
     problems += [Problem(name, _fmt(valid.get(name, "")), message)
                  for name, message in rules.rule_problems(valid, facts)]
     checked = replace(draft, derived=derived, derived_limits=derived_limits,
                       session_values=rules.session_values(valid, facts), facts=dict(facts),
                       pending=tuple(rules.pending(facts)))
     return checked, problems
-
-
-# No device parameter needs more digits than this; longer text overflows floats.
-MAX_NUMBER_TEXT = 24
 
 
 def _parse_value(name: str, param: Parameter, text: str, shown: str) -> Value | Problem:
@@ -292,23 +326,17 @@ def _parse_value(name: str, param: Parameter, text: str, shown: str) -> Value | 
     if len(text) > MAX_NUMBER_TEXT:
         return Problem(name, text[:20] + "...", f"{name}: a value of {len(text)} characters "
                        f"is far beyond any limit (at most {MAX_NUMBER_TEXT} characters)")
-    if param.type == "integer":
-        if _INTEGER.fullmatch(text):
-            return int(text)
-        if _NUMBER.fullmatch(text):
-            return Problem(name, text, f"{name}={shown} is not a whole number "
-                           "(an integer parameter)")
-        return Problem(name, text, f"{name}={shown} is not an integer")
-    if not _NUMBER.fullmatch(text):
-        return Problem(name, text, f"{name}={shown} is not a number")
-    number = float(text)
-    if not math.isfinite(number):
-        return Problem(name, text, f"{name}={shown} is not a finite number")
-    return number
+    try:
+        if param.type == "integer":
+            return parse_integer(text, f"{name}={shown}")
+        return parse_decimal(text, f"{name}={shown}")
+    except NumberError as exc:
+        whole = " (an integer parameter)" if exc.reason == NOT_WHOLE else ""
+        return Problem(name, text, f"{exc}{whole}")
 
 
 def _check_value(profile: Profile, name: str, param: Parameter, value: Value, shown: str,
-                 regimes: list[str]) -> list[Problem]:
+                 regimes: _Active) -> list[Problem]:
     if isinstance(value, str):
         return []
     out: list[Problem] = []
@@ -318,6 +346,14 @@ def _check_value(profile: Profile, name: str, param: Parameter, value: Value, sh
         listed = ", ".join(f"{a:g}" for a in param.allowed)
         out.append(Problem(name, shown, f"{name}={shown} is not one of the allowed values "
                            f"{listed}{_unit(unit)}"))
+    for _, ceiling in limit_ceilings(profile.modality, name, regimes.code):
+        if out:
+            break   # already off the parameter's own allowed set: said once is enough
+        if ceiling.allowed is not None and not any(
+                math.isclose(value, a, rel_tol=ALLOWED_REL_TOL) for a in ceiling.allowed):
+            out.append(Problem(name, shown, f"{name}={shown} is not one of the values the "
+                               f"clinical ceiling for {profile.modality} allows: "
+                               f"{ceiling.text()}"))
     if param.step is not None:
         base = profile.limits.absolute.get(name)
         origin = base.min if base is not None and base.min is not None else 0.0
@@ -329,7 +365,7 @@ def _check_value(profile: Profile, name: str, param: Parameter, value: Value, sh
     return out
 
 
-def _check_duration(profile: Profile, duration_s: float, regimes: list[str]) -> list[Problem]:
+def _check_duration(profile: Profile, duration_s: float, regimes: _Active) -> list[Problem]:
     shown = _fmt(duration_s)
     if not math.isfinite(duration_s) or duration_s <= 0:
         return [Problem(DURATION, shown, f"{DURATION}={shown} must be a positive duration")]
@@ -337,8 +373,8 @@ def _check_duration(profile: Profile, duration_s: float, regimes: list[str]) -> 
 
 
 def _check_bound(profile: Profile, name: str, value: float, shown: str, unit: str,
-                 regimes: list[str]) -> list[Problem]:
-    bound = effective_bound(profile, name, regimes)
+                 regimes: _Active) -> list[Problem]:
+    bound = effective_bound(profile, name, regimes.profile, regimes.code)
     if bound is None or bound.admits(value):
         return []
     if bound.high is not None and value > bound.high.value:
@@ -349,17 +385,26 @@ def _check_bound(profile: Profile, name: str, value: float, shown: str, unit: st
     looser = [f"{src} {v:g}" for src, v in reversed(_tiers(profile, name, regimes, word))
               if src != side.source]
     others = f" ({', '.join(looser)})" if looser else ""
+    if side.source.startswith(CEILING):
+        regime = side.source.removeprefix(CEILING)
+        return [Problem(name, shown, f"{name}={shown}{_unit(unit)} is {word} the clinical "
+                        f"ceiling {side.value:g}{_unit(unit)} for {profile.modality}{regime}"
+                        f"{others}")]
     return [Problem(name, shown, f"{name}={shown} is {word} the {side.source} limit "
                     f"{side.value:g}{_unit(unit)}{others}")]
 
 
-def _tiers(profile: Profile, name: str, regimes: list[str], word: str) -> list[tuple[str, float]]:
-    """Every tier's value on one side of `name`'s bound, least specific first."""
+def _tiers(profile: Profile, name: str, regimes: _Active, word: str) -> list[tuple[str, float]]:
+    """Every profile tier's value on one side of `name`'s bound, least specific first.
+
+    Ceilings are left out: a message names a ceiling only when it is what binds.
+    """
     lim = profile.limits
+    out: list[tuple[str, float]] = []
     tables: list[tuple[str, dict[str, Bound]]] = [("absolute", lim.absolute),
                                                   ("clinical", lim.clinical)]
-    tables += [(f"clinical ({r})", lim.regimes[r].clinical) for r in regimes]
-    out = []
+    tables += [(f"clinical ({r})", lim.regimes[r].clinical) for r in regimes.profile
+               if r in lim.regimes]
     for source, table in tables:
         b = table.get(name)
         v = None if b is None else (b.max if word == "above" else b.min)
@@ -368,22 +413,43 @@ def _tiers(profile: Profile, name: str, regimes: list[str], word: str) -> list[t
     return out
 
 
-def _check_derived(d: Derived, bound: Bound) -> list[Problem]:
+def _derived_limit(profile: Profile, name: str) -> AppliedLimit | None:
+    """The profile's derived limit with the ceiling's maximum applied (tightest wins).
+
+    A tie names the profile's limit ("derived"); "ceiling" only when strictly tighter
+    or when the profile has none.
+    """
+    bound = profile.limits.derived.get(name)
+    ceiling = ceilings_for(profile.modality).derived.get(name)
+    low = Side(bound.min, DERIVED_SOURCE) if bound and bound.min is not None else None
+    high = Side(bound.max, DERIVED_SOURCE) if bound and bound.max is not None else None
+    if ceiling is not None and ceiling.max is not None \
+            and (high is None or ceiling.max < high.value):
+        high = Side(ceiling.max, CEILING)
+    if low is None and high is None:
+        return None
+    return AppliedLimit(low, high)
+
+
+def _check_derived(d: Derived, limit: AppliedLimit, modality: str) -> list[Problem]:
     # Six significant digits keep "2.0004 is above 2" legible; big doses in whole units.
     shown = f"{d.value:.6g}" if abs(d.value) < 1e6 else f"{d.value:.0f}"
-    if bound.max is not None and d.value > bound.max * (1 + DERIVED_SLACK):
-        word, limit = "above", bound.max
-    elif bound.min is not None and d.value < bound.min * (1 - DERIVED_SLACK):
-        word, limit = "below", bound.min
+    if limit.high is not None and d.value > limit.high.value * (1 + DERIVED_SLACK):
+        word, side = "above", limit.high
+    elif limit.low is not None and d.value < limit.low.value * (1 - DERIVED_SLACK):
+        word, side = "below", limit.low
     else:
         return []
-    return [Problem(d.name, shown, f"{d.name}={shown} is {word} the derived limit "
-                    f"{limit:g}{_unit(d.unit)} (from {d.basis})")]
+    what = f"clinical ceiling {side.value:g}{_unit(d.unit)} for {modality}" \
+        if side.source == CEILING else f"derived limit {side.value:g}{_unit(d.unit)}"
+    return [Problem(d.name, shown, f"{d.name}={shown} is {word} the {what} "
+                    f"(from {d.basis})")]
 
 
 def _applied(profile: Profile, name: str, param: Parameter | None,
-             regimes: list[str]) -> AppliedLimit:
-    bound: EffectiveBound | None = effective_bound(profile, name, regimes)
+             regimes: _Active) -> AppliedLimit:
+    bound: EffectiveBound | None = effective_bound(profile, name, regimes.profile,
+                                                   regimes.code)
     allowed: tuple[float | str, ...] | None = None
     if param is not None and param.allowed is not None:
         allowed = tuple(param.allowed)

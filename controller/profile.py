@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from controller.modality_contract import CONTRACTS, SESSION_VARIABLES, Modality
+from controller.modality_contract import CONTRACTS, OFF_OPERATIONS, SESSION_VARIABLES, Modality
+from controller.profile_backstops import check_backstops, check_ceilings
 from controller.profile_sections import (
     CALIBRATION_READINGS,
     Bound,
     Calibration,
+    Identity,
     Limits,
     Link,
     Operations,
@@ -26,7 +29,7 @@ from controller.profile_sections import (
     Step,
     TelemetrySource,
 )
-from protocols.map_common import Identifier, StrictModel, ValueSpec
+from protocols.map_common import Identifier, Scalar, StrictModel, ValueSpec, scalar_text
 from protocols.map_framed import FramedMap
 from protocols.map_modbus import ModbusMap
 from protocols.map_scpi import ScpiMap
@@ -58,6 +61,8 @@ class Profile(StrictModel):
     rules: dict[Identifier, float] = Field(default_factory=dict)
     safety: Safety
     calibration: Calibration | None = None
+    identity: Identity | None = None
+    """Which `identify` results hold the model, serial number and firmware."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Profile:
@@ -69,6 +74,10 @@ class Profile(StrictModel):
         problems += self._check_telemetry()
         if not problems:
             problems += self._check_ranges()
+        problems += check_backstops(self)
+        problems += check_ceilings(self)
+        if self.identity is not None:
+            problems += self._check_identity(self.identity)
         if self.calibration is not None:
             problems += self._check_calibration(self.calibration)
         if problems:
@@ -90,8 +99,10 @@ class Profile(StrictModel):
         for name in sorted(c.parameters - set(self.parameters)):
             out.append(f"parameters: '{name}' is required for modality {self.modality}")
         for name in sorted(c.required_operations - set(self.operations.defined())):
-            out.append(f"operations: '{name}' is required")
-        for name in sorted(c.telemetry - set(self.telemetry)):
+            why = ": it must switch the output off" if name in OFF_OPERATIONS else ""
+            out.append(f"operations: '{name}' is required{why}")
+        # The runtime telemetry is reported by check_backstops, saying why it is needed.
+        for name in sorted(c.telemetry - c.runtime_telemetry - set(self.telemetry)):
             out.append(f"telemetry: '{name}' is required for modality {self.modality}")
         for section, names, known in (
             ("limits.derived", self.limits.derived, c.derived_limits),
@@ -211,6 +222,11 @@ class Profile(StrictModel):
                                "by operations.read_calibration or measure_output")
         return out
 
+    def _check_identity(self, ident: Identity) -> list[str]:
+        available = self.operation_results("identify")
+        return [f"identity.{field}: '{key}' is not a result of operations.identify"
+                for field, key in ident.result_keys() if key not in available]
+
     def operation_results(self, op_name: str) -> set[str]:
         """Every result key an operation's steps yield."""
         out: set[str] = set()
@@ -314,6 +330,53 @@ class Profile(StrictModel):
         if p.allowed:
             return list(p.allowed)
         return [p.default] if p.default is not None else []
+
+
+class IdentityError(ValueError):
+    """The identification results cannot give the device's identity."""
+
+
+# Serial words are unsigned 16-bit (a Modbus register each).
+WORD_BITS = 16
+WORD_MAX = (1 << WORD_BITS) - 1
+
+
+def device_identity(profile: Profile, identify_results: Mapping[str, Scalar]) -> dict[str, str]:
+    """{"model", "serial", "firmware"} as text, from the `identify` operation's results.
+
+    Text results are kept as the device reports them ("US-300"); numbers become
+    decimal text (the HC-200's model register 0x4843 -> "18499", its firmware
+    register 105 -> "105"). A `serial` list is 16-bit words, most significant first,
+    combined into one number; a `firmware` list is version parts joined with dots.
+    Raises IdentityError when the profile has no `identity` section or a result is
+    missing or of the wrong kind.
+    """
+    ident = profile.identity
+    if ident is None:
+        raise IdentityError(f"profile {profile.id} has no identity section: the device's "
+                            "model and serial number cannot be read")
+
+    def get(key: str) -> Scalar:
+        if key not in identify_results:
+            raise IdentityError(f"identification gave no '{key}'")
+        return identify_results[key]
+
+    serial: str
+    if isinstance(ident.serial, str):
+        serial = scalar_text(get(ident.serial))
+    else:
+        number = 0
+        for key in ident.serial:
+            word = get(key)
+            if isinstance(word, bool) or not isinstance(word, int) or not 0 <= word <= WORD_MAX:
+                raise IdentityError(f"serial word '{key}' is {word!r}, not an unsigned "
+                                    f"{WORD_BITS}-bit number")
+            number = (number << WORD_BITS) | word
+        serial = str(number)
+    firmware = scalar_text(get(ident.firmware)) if isinstance(ident.firmware, str) \
+        else ".".join(scalar_text(get(k)) for k in ident.firmware)
+    return {"model": scalar_text(get(ident.model)), "serial": serial, "firmware": firmware}
+
 
 
 # Wire types that carry whole numbers only (engineering value = raw × scale).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,8 +22,15 @@ class ProfileError(SourceError):
 
 @dataclass(frozen=True)
 class LoadedProfile:
+    """A validated profile and where it came from, for records and registrations."""
+
     profile: Profile
     source: str
+    """The path as given (or the shipped file's path)."""
+    source_path: str = ""
+    """Absolute path of the file, symlinks resolved."""
+    sha256: str = ""
+    """Hex SHA-256 of the exact bytes that were parsed and validated."""
 
 
 def shipped_profile_paths() -> dict[str, Path]:
@@ -45,7 +53,21 @@ def load_profile_file(path: str | Path) -> LoadedProfile:
         profile = Profile.model_validate(doc.data)
     except ValidationError as exc:
         raise ProfileError(doc.path, validation_problems(doc, exc, Profile)) from None
-    return LoadedProfile(profile, doc.path)
+    _FILES[id(profile)] = (doc.real_path, doc.sha256)
+    weakref.finalize(profile, _FILES.pop, id(profile), None)
+    return LoadedProfile(profile, doc.path, doc.real_path, doc.sha256)
+
+
+# The file each loaded Profile object came from (path, SHA-256), for records: a Profile is
+# frozen data with no room for provenance, and callers pass Profiles around. Keyed by id and
+# dropped when the object is collected, so a reused id never finds a stale entry.
+_FILES: dict[int, tuple[str, str]] = {}
+
+
+def profile_file(profile: Profile) -> tuple[str, str]:
+    """(absolute path, SHA-256) of the file `profile` was loaded from; ("", "") for a
+    profile built in code."""
+    return _FILES.get(id(profile), ("", ""))
 
 
 def resolve_profile(ref: str) -> LoadedProfile:

@@ -219,6 +219,39 @@ class TelemetrySource(StrictModel):
     """Translate raw results (enum names, codes) into the modality's values."""
 
 
+# A result key of a read: `model`, `idn.serial`, `get_info.fw_major`.
+ResultKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$",
+                                 max_length=100)]
+# A 64-bit serial is the widest any device reports: four 16-bit words.
+MAX_SERIAL_WORDS = 4
+# major.minor.patch.build at most.
+MAX_VERSION_PARTS = 4
+
+
+class Identity(StrictModel):
+    """Which identification results hold the device's model, serial number and firmware.
+
+    Keys are result keys of the `identify` operation. `serial` as a list is unsigned
+    16-bit words, most significant first, combined into one number (HC-200
+    serial_hi, serial_lo); `firmware` as a list is version parts joined with dots
+    (ES-4 fw_major, fw_minor -> "1.4").
+    """
+
+    model: ResultKey
+    serial: ResultKey | Annotated[list[ResultKey], Field(min_length=1,
+                                                         max_length=MAX_SERIAL_WORDS)]
+    firmware: ResultKey | Annotated[list[ResultKey], Field(min_length=1,
+                                                           max_length=MAX_VERSION_PARTS)]
+
+    def result_keys(self) -> list[tuple[str, str]]:
+        """(field, result key) for every key named."""
+        out = [("model", self.model)]
+        for name in ("serial", "firmware"):
+            value = getattr(self, name)
+            out += [(name, k) for k in ([value] if isinstance(value, str) else value)]
+        return out
+
+
 CALIBRATION_READINGS = frozenset({"cal_gain", "cal_offset", "cal_date", "cal_measured"})
 
 

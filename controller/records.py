@@ -16,6 +16,13 @@ read-last-hash-then-append atomic across processes (they wait up to `BUSY_TIMEOU
 Registered devices, bookings and calibrations live in the same file; their queries are in
 `controller.clinic_records.ClinicRecords`, a mixin of `RecordStore`.
 
+Tamper evidence (`controller.records_integrity`): every row write appends, in its own
+transaction, an audit entry holding the SHA-256 of the rows it wrote, so `verify_audit` can find
+rows changed, added or deleted behind modctl's back, not only edited audit entries.
+
+Write failures (a full disk, an I/O error) reach `add_failure_listener` callbacks from whichever
+thread hit them; telemetry that could not be written stays buffered, in order, and is retried.
+
 Sessions left open are recognised as crashed by their owner lock: each store that opens a session
 holds an flock on ``<db>.owners/<token>.lock``; the OS drops it when the process dies, so a second
 controller running beside this one never has its live sessions marked interrupted.
@@ -24,22 +31,25 @@ controller running beside this one never has its live sessions marked interrupte
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from controller.clinic_records import CLINIC_MIGRATION, ClinicRecords
+from controller import records_integrity as integrity
+from controller.clinic_records import CLINIC_IDENTITY_MIGRATION, CLINIC_MIGRATION, ClinicRecords
+from controller.csv_safe import LINE_END, safe_row
+from controller.records_integrity import GENESIS_HASH, VerifyResult
 
 try:
     import fcntl
@@ -52,7 +62,10 @@ BUSY_TIMEOUT_S = 5.0
 # Telemetry is batched: a crash loses at most this much of it (events are never batched).
 SAMPLE_FLUSH_S = 1.0
 SAMPLE_BATCH_MAX = 256
-GENESIS_HASH = "0" * 64
+# Telemetry kept while writing fails (a full disk): some minutes of samples at the poll rates of
+# the shipped profiles, so a short outage loses nothing, yet memory stays bounded. Past it a new
+# sample is refused with RecordsError (the session has been told of the failure already).
+SAMPLE_BUFFER_MAX = 4096
 EVENT_KINDS = ("state", "command", "reply", "decision", "fault", "note")
 SYSTEM_ACTOR = "modctl"
 
@@ -89,8 +102,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
     ),
     CLINIC_MIGRATION,  # devices, bookings, calibrations (controller/clinic_records.py)
+    (  # 3: row hashes in the audit chain; profile hashes; device-reported elapsed time
+        "ALTER TABLE sessions ADD COLUMN profile_path TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE sessions ADD COLUMN profile_sha256 TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE sessions ADD COLUMN device_elapsed_s REAL",
+        # The audit entry that covers a telemetry row (NULL: written before schema 3).
+        "ALTER TABLE samples ADD COLUMN batch INTEGER",
+        "CREATE INDEX samples_batch ON samples (batch)",
+        *CLINIC_IDENTITY_MIGRATION,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+FailureListener = Callable[["RecordsError"], None]
+_log = logging.getLogger(__name__)
 
 # sqlite messages → plain words for the operator.
 _PLAIN = (
@@ -151,18 +175,14 @@ class SessionRow:
     dose: dict[str, Any] | None
     ended_at: str | None
     events: tuple[EventRow, ...] = ()  # filled by get_session only
+    profile_path: str = ""
+    """The profile file the session ran on ('' for records from before schema 3)."""
+    profile_sha256: str = ""
+    device_elapsed_s: float | None = None
+    """The device's own report of its output time, beside the host-measured `delivered_s`."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    entries: int
-    broken_id: int | None = None  # first entry id where the chain breaks
-    reason: str = ""
-    head_hash: str = GENESIS_HASH  # anchor it elsewhere to detect a fully rewritten chain
 
 
 def default_db_path(explicit: str | os.PathLike[str] | None = None,
@@ -193,21 +213,15 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _dumps(value: Any) -> str:
-    # default=str: an odd value in a detail must never cost the record of an event.
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+# default=str: an odd value in a detail must never cost the record of an event.
+_dumps = integrity.dumps
 
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _audit_hash(prev_hash: str, entry_id: int, at: str, actor: str, action: str,
-                subject: str, detail: str) -> str:
-    content = _dumps({"id": entry_id, "at": at, "actor": actor, "action": action,
-                      "subject": subject, "detail": detail})
-    return hashlib.sha256((prev_hash + content).encode()).hexdigest()
+_audit_hash = integrity.audit_hash
 
 
 class RecordStore(ClinicRecords):
@@ -221,7 +235,11 @@ class RecordStore(ClinicRecords):
         self._conns_lock = threading.Lock()
         self._wlock = threading.Lock()
         self._samples: list[tuple[str, float, str, float | None, str | None]] = []
+        # The batch taken out by the transaction under way (one at a time: the write lock).
+        self._in_flight: list[tuple[str, float, str, float | None, str | None]] = []
         self._samples_lock = threading.Lock()
+        self._listeners: list[FailureListener] = []
+        self._listeners_lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._t0: dict[str, float] = {}
         self._token = uuid.uuid4().hex
@@ -270,17 +288,49 @@ class RecordStore(ClinicRecords):
 
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
-        with self._guard(action), self._wlock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+        """One write transaction. When the database fails it (not a refusal by modctl's own
+        checks), telemetry it had taken is put back and the failure listeners are told."""
+        try:
+            with self._guard(action), self._wlock:
+                conn = self._conn()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    self._restore_in_flight()
+                    raise
+                finally:
+                    self._in_flight = []
+        except RecordsError as exc:
+            if isinstance(exc.__cause__, (sqlite3.Error, OSError)):
+                self._notify(exc)
+            raise
+
+    # -- write failures --------------------------------------------------------------------
+
+    def add_failure_listener(self, callback: FailureListener) -> None:
+        """Call `callback(error)` after every write the database fails, from the thread that
+        hit it (the flush job, the session worker, ...), outside the write lock. A callback
+        must be quick and must not write to this store; its exceptions are logged, not raised."""
+        with self._listeners_lock:
+            self._listeners.append(callback)
+
+    def remove_failure_listener(self, callback: FailureListener) -> None:
+        with self._listeners_lock, suppress(ValueError):
+            self._listeners.remove(callback)
+
+    def _notify(self, error: RecordsError) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
+                callback(error)
+            except Exception as exc:  # a listener's bug must not hide the records failure
+                _log.error("records failure listener %r failed: %s", callback, exc)
 
     @contextmanager
     def _read(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -306,15 +356,32 @@ class RecordStore(ClinicRecords):
             for step in MIGRATIONS[version:]:
                 for statement in step:
                     conn.execute(statement)
+            if 0 < version < SCHEMA_VERSION:
+                # Rows written before this upgrade have no row hashes in the chain (or hashes
+                # of fewer columns): seal what is there now, so verify checks them too.
+                rows = integrity.baseline(conn)
+                if rows is not None:
+                    self._append_audit(conn, SYSTEM_ACTOR, integrity.BASELINE_ACTION,
+                                       "records", {"from_schema": version,
+                                                   "to_schema": SCHEMA_VERSION, **rows})
             # Always written: a read-only database fails here, at open, not mid-session.
             conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def close(self) -> None:
-        """Flush telemetry and close. Sessions still open stay open (as after a crash)."""
+        """Flush telemetry and close. Sessions still open stay open (as after a crash).
+
+        A flush that fails here (the disk is still full) is said on the log with the
+        number of samples it could not keep; it does not raise, so the session's own
+        outcome and exit status (a records fault) are what the caller reports."""
         if self._closed:
             return
         try:
             self.flush()
+        except RecordsError as exc:
+            with self._samples_lock:
+                lost = len(self._samples)
+            _log.error("%s; %d telemetry sample(s) could not be written before closing",
+                      exc, lost)
         finally:
             self._closed = True
             with self._conns_lock:
@@ -368,43 +435,71 @@ class RecordStore(ClinicRecords):
 
     def open_session(self, *, profile: str, port: str, identity: Mapping[str, Any],
                      operator: str, patient: str | None, prescription: Mapping[str, Any],
-                     planned_s: float) -> str:
-        """Record a new open session; `prescription` is as applied, with the limits used."""
+                     planned_s: float, profile_path: str = "",
+                     profile_sha256: str = "") -> str:
+        """Record a new open session; `prescription` is as applied, with the limits used, and
+        `profile_path`/`profile_sha256` name the profile file it runs on."""
         session_id = new_session_id()
         with self._guard("hold its owner lock"):
             self._hold_owner_lock()
         with self._write("open a session") as conn:
             conn.execute(
                 "INSERT INTO sessions (id, profile, port, identity, operator, patient,"
-                " prescription, planned_s, started_at, status, owner)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+                " prescription, planned_s, started_at, status, owner, profile_path,"
+                " profile_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
                 (session_id, profile, port, _dumps(identity), operator, patient,
-                 _dumps(prescription), planned_s, _now(), self._token))
+                 _dumps(prescription), planned_s, _now(), self._token, profile_path,
+                 profile_sha256))
             self._append_audit(conn, operator, "session.open", session_id,
                                {"profile": profile, "port": port, "patient": patient,
-                                "planned_s": planned_s})
+                                "planned_s": planned_s, "profile_path": profile_path,
+                                "profile_sha256": profile_sha256},
+                               [integrity.ref(conn, "sessions", session_id)])
         self._t0[session_id] = time.monotonic()
         return session_id
 
+    def set_session_identity(self, session_id: str, identity: Mapping[str, Any]) -> None:
+        """Record what the device reported at identification (model, serial, firmware, ...)
+        on the open session."""
+        with self._write("record the device identity") as conn:
+            row = self._open_row(conn, session_id)
+            conn.execute("UPDATE sessions SET identity = ? WHERE id = ?",
+                         (_dumps(identity), session_id))
+            self._append_audit(conn, row["operator"], "session.identity", session_id,
+                               {"identity": dict(identity)},
+                               [integrity.ref(conn, "sessions", session_id)])
+
+    def _open_row(self, conn: sqlite3.Connection, session_id: str) -> sqlite3.Row:
+        row = conn.execute("SELECT status, operator FROM sessions WHERE id = ?",
+                           (session_id,)).fetchone()
+        if row is None or row["status"] != "open":
+            state = "unknown" if row is None else row["status"]
+            raise RecordsError(self.path, f"session {session_id} is {state}, not open")
+        return row  # type: ignore[no-any-return]
+
     def close_session(self, session_id: str, outcome: str, reason: str,
                       stop_source: str | None, delivered_s: float,
-                      dose: Mapping[str, Any] | None) -> None:
+                      dose: Mapping[str, Any] | None, *,
+                      device_elapsed_s: float | None = None) -> None:
+        """Close the session; `device_elapsed_s` is the device's own report of its output
+        time, kept beside the host-measured `delivered_s`."""
         with self._write("close a session") as conn:
-            self._drain_samples(conn)
-            row = conn.execute("SELECT status, operator FROM sessions WHERE id = ?",
-                               (session_id,)).fetchone()
-            if row is None or row["status"] != "open":
-                state = "unknown" if row is None else row["status"]
-                raise RecordsError(self.path, f"session {session_id} is {state}, not open")
+            entry_id = self._next_audit_id(conn)
+            refs = self._drain_samples(conn, entry_id)
+            row = self._open_row(conn, session_id)
             conn.execute(
                 "UPDATE sessions SET status = 'closed', outcome = ?, reason = ?,"
-                " stop_source = ?, delivered_s = ?, dose = ?, ended_at = ? WHERE id = ?",
+                " stop_source = ?, delivered_s = ?, dose = ?, ended_at = ?,"
+                " device_elapsed_s = ? WHERE id = ?",
                 (outcome, reason, stop_source, delivered_s,
-                 None if dose is None else _dumps(dose), _now(), session_id))
+                 None if dose is None else _dumps(dose), _now(), device_elapsed_s,
+                 session_id))
+            refs.append(integrity.ref(conn, "sessions", session_id))
             self._append_audit(conn, row["operator"], "session.close", session_id,
                                {"outcome": outcome, "reason": reason,
                                 "stop_source": stop_source, "delivered_s": delivered_s,
-                                "dose": dose})
+                                "device_elapsed_s": device_elapsed_s, "dose": dose},
+                               refs, entry_id)
         self._t0.pop(session_id, None)
 
     def mark_interrupted_sessions(self) -> list[SessionRow]:
@@ -418,6 +513,11 @@ class RecordStore(ClinicRecords):
                 sid = row["id"]
                 delivered = self._latest(conn, sid, "delivered_s")
                 dose = self._latest(conn, sid, "dose")
+                elapsed = conn.execute(
+                    "SELECT json_extract(data, '$.elapsed_s') FROM samples WHERE session_id = ?"
+                    " AND json_type(data, '$.elapsed_s') IN ('integer', 'real')"
+                    " ORDER BY t_s DESC, rowid DESC LIMIT 1", (sid,)).fetchone()
+                device_elapsed = None if elapsed is None else float(elapsed[0])
                 last = conn.execute("SELECT MAX(t_s), MAX(at) FROM events WHERE session_id = ?",
                                     (sid,)).fetchone()
                 reason = ("interrupted: the controller stopped without closing the session; "
@@ -426,12 +526,17 @@ class RecordStore(ClinicRecords):
                     reason += "; delivered time unknown"
                 conn.execute(
                     "UPDATE sessions SET status = 'interrupted', outcome = 'interrupted',"
-                    " reason = ?, delivered_s = ?, dose = ?, ended_at = ? WHERE id = ?",
-                    (reason, delivered, dose, last[1] or row["started_at"], sid))
-                detail = {"state": "interrupted", "found_at": _now(), "delivered_s": delivered}
-                self._insert_event(conn, sid, last[0] or 0.0, "state", detail, delivered, dose)
+                    " reason = ?, delivered_s = ?, dose = ?, ended_at = ?, device_elapsed_s = ?"
+                    " WHERE id = ?",
+                    (reason, delivered, dose, last[1] or row["started_at"], device_elapsed, sid))
+                detail = {"state": "interrupted", "found_at": _now(), "delivered_s": delivered,
+                          "device_elapsed_s": device_elapsed}
+                seq = self._insert_event(conn, sid, last[0] or 0.0, "state", detail, delivered,
+                                         dose)
                 self._append_audit(conn, SYSTEM_ACTOR, "session.interrupted", sid,
-                                   {**detail, "dose": _loads(dose)})
+                                   {**detail, "dose": _loads(dose)},
+                                   [integrity.ref(conn, "sessions", sid),
+                                    integrity.event_ref(conn, sid, seq)])
                 marked.append(sid)
         with self._read("read sessions") as conn:
             return [self._session(conn, sid) for sid in marked]
@@ -459,14 +564,19 @@ class RecordStore(ClinicRecords):
         """Commit one event now (durable on return) and return its seq.
 
         `t_s` defaults to monotonic seconds since `open_session` in this store. Pending telemetry
-        rides along in the same transaction, at no extra fsync."""
+        and the event's audit entry ride along in the same transaction, at no extra fsync."""
         if kind not in EVENT_KINDS:
             raise ValueError(f"event kind {kind!r} is not one of {', '.join(EVENT_KINDS)}")
         t = self._offset(session_id, t_s)
         with self._write("record an event") as conn:
-            self._drain_samples(conn)
-            return self._insert_event(conn, session_id, t, kind, detail or {}, delivered_s,
-                                      None if dose is None else _dumps(dose))
+            entry_id = self._next_audit_id(conn)
+            refs = self._drain_samples(conn, entry_id)
+            seq = self._insert_event(conn, session_id, t, kind, detail or {}, delivered_s,
+                                     None if dose is None else _dumps(dose))
+            refs.append(integrity.event_ref(conn, session_id, seq))
+            self._append_audit(conn, SYSTEM_ACTOR, "event.add", session_id, {"kind": kind},
+                               refs, entry_id)
+            return seq
 
     @staticmethod
     def _insert_event(conn: sqlite3.Connection, sid: str, t_s: float, kind: str,
@@ -484,80 +594,111 @@ class RecordStore(ClinicRecords):
         """Buffer one telemetry sample. Written with the next event, at session close, by
         `flush()`, or by the first call once `SAMPLE_FLUSH_S` has passed since the last write:
         one fsync per batch instead of one per sample, at the price of losing up to that much
-        telemetry (never events) in a crash."""
+        telemetry (never events) in a crash.
+
+        Raises RecordsError when the write it triggers fails (the samples stay buffered), or
+        when `SAMPLE_BUFFER_MAX` samples are already waiting (this one is not kept)."""
         sample = (session_id, self._offset(session_id, t_s), _dumps(data), delivered_s,
                   None if dose is None else _dumps(dose))
         with self._samples_lock:
-            self._samples.append(sample)
+            waiting = len(self._samples) + len(self._in_flight)
+            if waiting < SAMPLE_BUFFER_MAX:
+                self._samples.append(sample)
             due = (len(self._samples) >= SAMPLE_BATCH_MAX
                    or time.monotonic() - self._last_flush >= SAMPLE_FLUSH_S)
+        if waiting >= SAMPLE_BUFFER_MAX:
+            error = RecordsError(self.path, f"cannot record telemetry: {waiting} samples are "
+                                            "already waiting to be written (the most kept, "
+                                            f"SAMPLE_BUFFER_MAX = {SAMPLE_BUFFER_MAX}) because "
+                                            "writing keeps failing; this sample was not kept")
+            self._notify(error)
+            raise error
         if due:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered telemetry now."""
+        """Write buffered telemetry now. On failure the samples stay buffered, in order, for
+        the next try; the failure listeners are told and RecordsError is raised."""
         with self._samples_lock:
             if not self._samples:
                 self._last_flush = time.monotonic()
                 return
         with self._write("record telemetry") as conn:
-            self._drain_samples(conn)
+            entry_id = self._next_audit_id(conn)
+            refs = self._drain_samples(conn, entry_id)
+            if refs:
+                subject = ",".join(sorted({s[0] for s in self._in_flight}))
+                self._append_audit(conn, SYSTEM_ACTOR, "samples.write", subject, {}, refs,
+                                   entry_id)
 
-    def _drain_samples(self, conn: sqlite3.Connection) -> None:
+    def flush_quietly(self) -> None:
+        """`flush()` for a periodic job: a failure has reached the failure listeners (and the
+        samples stay buffered), so it is logged in one line here, never raised to a scheduler
+        that would print a traceback."""
+        try:
+            self.flush()
+        except RecordsError as exc:
+            _log.info("telemetry flush failed (kept for the next try): %s", exc)
+
+    def _drain_samples(self, conn: sqlite3.Connection, entry_id: int) -> list[dict[str, Any]]:
+        """Insert the buffered samples as the batch of audit entry `entry_id`; return its row
+        reference (none when nothing was buffered). `_write` puts them back if it fails."""
         with self._samples_lock:
             batch, self._samples = self._samples, []
+            self._in_flight = batch
             self._last_flush = time.monotonic()
-        if batch:
-            conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)", batch)
+        if not batch:
+            return []
+        conn.executemany("INSERT INTO samples (session_id, t_s, data, delivered_s, dose, batch)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", [(*s, entry_id) for s in batch])
+        return [integrity.batch_ref(conn, entry_id)]
+
+    def _restore_in_flight(self) -> None:
+        with self._samples_lock:
+            self._samples[:0] = self._in_flight  # in front, in order: they came first
+            self._in_flight = []
 
     # -- audit trail -----------------------------------------------------------------------
 
     def audit(self, actor: str, action: str, subject: str,
               detail: Mapping[str, Any] | None = None) -> int:
-        """Append one audit entry; returns its id."""
+        """Append one audit entry; returns its id. `detail` may not use the key "rows" (row
+        hashes are only written by the store itself)."""
+        if detail and "rows" in detail:
+            raise ValueError("audit detail key 'rows' is reserved for the records' row hashes")
         with self._write("append to the audit trail") as conn:
             return self._append_audit(conn, actor, action, subject, detail or {})
 
     @staticmethod
-    def _append_audit(conn: sqlite3.Connection, actor: str, action: str, subject: str,
-                      detail: Mapping[str, Any]) -> int:
+    def _next_audit_id(conn: sqlite3.Connection) -> int:
         seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
-        entry_id = 1 if seq is None else int(seq[0]) + 1
+        return 1 if seq is None else int(seq[0]) + 1
+
+    @classmethod
+    def _append_audit(cls, conn: sqlite3.Connection, actor: str, action: str, subject: str,
+                      detail: Mapping[str, Any], rows: list[dict[str, Any]] | None = None,
+                      entry_id: int | None = None) -> int:
+        """Append an entry; `rows` are the references (with content hashes) of the rows this
+        transaction wrote; `entry_id` is the id given out by `_next_audit_id` earlier in it."""
+        if entry_id is None:
+            entry_id = cls._next_audit_id(conn)
         last = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         prev = GENESIS_HASH if last is None else str(last[0])
-        at, text = _now(), _dumps(detail)
+        at = _now()
+        text = _dumps({**detail, "rows": rows} if rows else detail)
         digest = _audit_hash(prev, entry_id, at, actor, action, subject, text)
         conn.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (entry_id, at, actor, action, subject, text, prev, digest))
         return entry_id
 
-    def verify_audit(self) -> VerifyResult:
-        """Walk the chain; name the first entry that was edited, moved, inserted or follows a
-        deleted one. A chain rewritten in full from the start is only caught by comparing
-        `head_hash` with a copy kept elsewhere."""
+    def verify_audit(self, expect_head: str | None = None) -> VerifyResult:
+        """Check the audit chain and every audited row against it (see
+        `controller.records_integrity`). `expect_head`: the head hash written down earlier;
+        a different head fails (a chain rewritten or cut since). Telemetry still buffered in
+        this store is written first."""
+        self.flush()
         with self._read("read the audit trail") as conn:
-            rows = conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
-            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
-        prev, last_id = GENESIS_HASH, 0
-        for count, r in enumerate(rows):
-            entry_id = int(r["id"])
-            problem = ""
-            if r["prev_hash"] != prev:
-                gap = (f" (entries {last_id + 1}..{entry_id - 1} are missing)"
-                       if entry_id > last_id + 1 else "")
-                problem = ("it does not link to the entry before it: an entry was deleted, "
-                           f"inserted, moved or changed{gap}")
-            elif (digest := _audit_hash(prev, entry_id, r["at"], r["actor"], r["action"],
-                                        r["subject"], r["detail"])) != r["hash"]:
-                problem = "its content does not match its hash: it was edited or moved"
-            if problem:
-                return VerifyResult(False, count, entry_id, problem, prev)
-            prev, last_id = digest, entry_id
-        highest = 0 if seq is None else int(seq[0])
-        if highest > last_id:
-            return VerifyResult(False, len(rows), last_id + 1,
-                                f"entries {last_id + 1}..{highest} are missing at the end", prev)
-        return VerifyResult(True, len(rows), None, "", prev)
+            return integrity.verify(conn, expect_head)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -569,7 +710,9 @@ class RecordStore(ClinicRecords):
             prescription=_loads(r["prescription"]), planned_s=r["planned_s"],
             started_at=r["started_at"], status=r["status"], outcome=r["outcome"],
             reason=r["reason"], stop_source=r["stop_source"], delivered_s=r["delivered_s"],
-            dose=_loads(r["dose"]), ended_at=r["ended_at"], events=events)
+            dose=_loads(r["dose"]), ended_at=r["ended_at"], events=events,
+            profile_path=r["profile_path"], profile_sha256=r["profile_sha256"],
+            device_elapsed_s=r["device_elapsed_s"])
 
     def _session(self, conn: sqlite3.Connection, sid: str) -> SessionRow:
         events = tuple(
@@ -624,7 +767,8 @@ class RecordStore(ClinicRecords):
         if fmt != "csv":
             raise ValueError(f"export format {fmt!r} is not json or csv")
         fixed = ["id", "started_at", "ended_at", "profile", "port", "operator", "patient",
-                 "status", "outcome", "reason", "stop_source", "planned_s", "delivered_s"]
+                 "status", "outcome", "reason", "stop_source", "planned_s", "delivered_s",
+                 "device_elapsed_s", "profile_path", "profile_sha256"]
         rows = []
         for s in sessions:
             row: dict[str, Any] = {k: getattr(s, k) for k in fixed}
@@ -633,9 +777,9 @@ class RecordStore(ClinicRecords):
             rows.append(row)
         dose_cols = sorted({k for r in rows for k in r if k.startswith("dose.")})
         out = io.StringIO()
-        writer = csv.DictWriter(out, [*fixed, "prescription", *dose_cols], lineterminator="\n")
+        writer = csv.DictWriter(out, [*fixed, "prescription", *dose_cols], lineterminator=LINE_END)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(safe_row(r) for r in rows)  # no cell may start a formula
         return out.getvalue()
 
 

@@ -10,29 +10,30 @@ through `_stop_output`, which commands the output off and confirms it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from controller import gc_policy
+from controller import session_backstops as backstops
 from controller import session_checks as checks
 from controller.device_link import DeviceLink
 from controller.modality import FACT_ERA, DoseMeter, modality_for
 from controller.modality_ultrasound import UltrasoundDoseMeter
 from controller.prescription import Prescription, PrescriptionRejected, apply_device_facts
-from controller.profile import Profile
+from controller.profile import IdentityError, Profile, device_identity
 from controller.records import RecordsError, RecordStore
 from controller.session_checks import Verdict
 from controller.session_machine import ACTIVE_OUTPUT, SessionState, build_machine
 from controller.session_report import SessionReport, TimelineEvent
+from controller.stop_mailbox import StopMailbox, StopRequest
 from protocols.engine import DeviceEvent
-from protocols.errors import DeviceRefused, ProtocolError
+from protocols.errors import DeviceRefused, Interrupted, ProtocolError
 from protocols.map_common import Scalar
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,18 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 LinkFactory = Callable[[Profile, str], DeviceLink]
 UpdateHook = Callable[[dict[str, Any]], None]
+# Called with the device's identity ({"model", "serial", "firmware"}) once it has
+# identified; returns a reason to refuse the session (e.g. the calibration gate for the
+# registered device that reports this identity), or None.
+IdentityGate = Callable[[Mapping[str, str]], "str | None"]
 
 # No telemetry poll starts within this margin plus one reply timeout of the planned
 # end, so the stop does not wait behind a poll even when one of its replies is lost
 # and retried (measured: a 30 ms guard alone let stops wait 160-390 ms on an
 # overloaded machine). The longest silence before the stop stays under 2 poll periods.
 POLL_GUARD_S = 0.03
+# How many recent poll durations the planned-end guard looks at.
+POLL_HISTORY = 8
 # An operator's controlled stop ramps down this fast where the device supports a
 # ramp: command (p99 < 5 ms) plus ramp stays inside the 20 ms operator-stop target
 # to output off. The planned end stops at once, exactly on time, as the device's own
@@ -70,13 +77,6 @@ def poll_guard_s(profile: Profile) -> float:
                                  safety.stale_after_s - safety.poll_period_s))
 
 
-@dataclass(frozen=True)
-class StopRequest:
-    source: str          # operator | patient | fault (the controller itself, e.g. records)
-    emergency: bool
-    reason: str
-
-
 class _StopWith(Exception):
     """End the session with this verdict (raised where the output may be on)."""
 
@@ -95,8 +95,12 @@ class Session:
     def __init__(self, profile: Profile, prescription: Prescription, port: str, *,
                  store: RecordStore | None = None, operator: str = "", patient: str | None = None,
                  clock: Clock = time.monotonic, link_factory: LinkFactory = DeviceLink.open,
-                 on_update: UpdateHook | None = None, clear_fault: bool = False) -> None:
+                 on_update: UpdateHook | None = None, clear_fault: bool = False,
+                 profile_path: str = "", profile_sha256: str = "",
+                 on_identified: IdentityGate | None = None) -> None:
         self.profile = profile
+        self.profile_path, self.profile_sha256 = profile_path, profile_sha256
+        self._on_identified = on_identified
         self.rx = prescription
         self.port = port
         self.store = store
@@ -108,22 +112,28 @@ class Session:
         self._clear_fault = clear_fault
         self._records_failed = ""
         self._sent_estop = False
-        self._requests: queue.Queue[StopRequest | None] = queue.Queue()
+        self._mailbox = StopMailbox()
         self._device_events: list[DeviceEvent] = []
         self.state = SessionState()
         self._machine = build_machine(self.state, after_state_change=self._state_changed)
         self.link: DeviceLink | None = None
         self.session_id = ""
         self.events: list[TimelineEvent] = []
-        self.identity: dict[str, Scalar] = {}
+        self.identity: dict[str, Scalar] = {}     # the identify operation's results
+        self.device: dict[str, str] = {}         # model, serial, firmware as text
         self.meter: DoseMeter | None = None
         self.t0 = 0.0
         self.t_start: float | None = None       # when the start command was sent
         self.t_off: float | None = None         # best estimate of when the output stopped
         self.stop_confirmed: bool | None = None
+        # The device's own count of output time, the highest it reported.
+        self.device_elapsed_s: float | None = None
+        self._timer_checked = False
         self.last_telemetry: dict[str, Scalar] = {}
         self._last_running: dict[str, Scalar] = {}   # last poll that showed the output on
         self._last_ok = 0.0
+        # Durations of the latest polls, for the planned-end guard.
+        self._poll_times: collections.deque[float] = collections.deque(maxlen=POLL_HISTORY)
         self._thread: threading.Thread | None = None
         self.report: SessionReport | None = None
         self.variables = self._variables()
@@ -131,12 +141,13 @@ class Session:
     # -- public API (any thread) ------------------------------------------------------
     def request_stop(self, source: str = "operator", emergency: bool = False,
                      reason: str = "") -> None:
-        """Ask the worker to stop; safe from signal handlers and other threads."""
-        self._requests.put(StopRequest(source, emergency, reason or f"{source} stop"))
+        """Ask the worker to stop; safe from signal handlers and other threads. The stop
+        overtakes routine work: it waits at most for the one exchange on the wire."""
+        self._mailbox.post(StopRequest(source, emergency, reason or f"{source} stop"))
 
     def wake(self) -> None:
-        """Wake the worker early (a periodic APScheduler job); it re-checks its deadlines."""
-        self._requests.put(None)
+        """Wake the worker early (a periodic APScheduler job); wake-ups coalesce."""
+        self._mailbox.wake()
 
     def start(self) -> Session:
         self._thread = threading.Thread(target=self.run, name=f"session {self.profile.id}",
@@ -160,6 +171,8 @@ class Session:
         # Full garbage collections pause every thread: keep them off this planned end.
         gc_policy.POLICY.install()
         watch = gc_policy.POLICY.watch(self.time_remaining)
+        if self.store is not None:
+            self.store.add_failure_listener(self._records_failure)
         try:
             self._open_record()
             self._connect()
@@ -171,12 +184,21 @@ class Session:
             self._reject(str(exc))
         except _StopWith as exc:
             self._stop_output(exc.verdict, emergency=False)
+        except Interrupted:
+            # A stop was posted while the device was being identified or armed: the
+            # output may not be on yet, but it is commanded off all the same.
+            verdict, emergency = self._stop_verdict() or (Verdict(
+                checks.FAULT, checks.BY_CONTROLLER, "interrupted without a stop request"),
+                False)
+            self._stop_output(verdict, emergency)
         except Exception as exc:
             log.debug("session failed", exc_info=True)
             what = "communication" if isinstance(exc, ProtocolError) else "internal error"
             self._fail(Verdict(checks.FAULT, checks.BY_CONTROLLER, f"{what}: {exc}"))
         finally:
             gc_policy.POLICY.forget(watch)
+            if self.store is not None:
+                self.store.remove_failure_listener(self._records_failure)
             if self.link is not None:
                 self.link.close()
         return self._finish()
@@ -188,7 +210,8 @@ class Session:
             self.session_id = self.store.open_session(
                 profile=self.profile.id, port=self.port, identity={}, operator=self.operator,
                 patient=self.patient, prescription=self.rx.record(),
-                planned_s=self.rx.duration_s)
+                planned_s=self.rx.duration_s, profile_path=self.profile_path,
+                profile_sha256=self.profile_sha256)
         except RecordsError as exc:
             # Nothing may run that cannot be recorded.
             raise _Reject(f"records unavailable: {exc}") from None
@@ -199,6 +222,7 @@ class Session:
         except ProtocolError as exc:
             raise _Reject(f"cannot open {self.port}: {exc}") from None
         self.link.set_event_handler(self._device_events.append)
+        self.link.set_interrupt(self._interrupt_wanted)
         self.state.fire("connected")
 
     def _identify(self) -> None:
@@ -207,6 +231,8 @@ class Session:
             self.identity = self.link.run("identify", self.variables)
             self._event("reply", {"op": "identify", "identity": _plain(self.identity)})
             telemetry = self.link.telemetry(self.variables)
+        except Interrupted:
+            raise
         except ProtocolError as exc:
             # Identification only reads: nothing was written, so nothing may start.
             raise _Reject(f"device did not identify as a {self.profile.model}: {exc}") \
@@ -223,6 +249,7 @@ class Session:
             hint = "" if self._clear_fault else \
                 " (check the patient and the device, then run again with --clear-fault)"
             raise _Reject(f"device not ready: {problem}{hint}")
+        self._record_identity()
         facts: dict[str, float] = {}
         era = telemetry.get("era_cm2")
         if isinstance(era, (int, float)) and not isinstance(era, bool):
@@ -236,6 +263,26 @@ class Session:
         self.meter = modality_for(self.profile).dose_meter(self.rx, facts, clock=self.clock)
         self.state.fire("identified")
 
+    def _record_identity(self) -> None:
+        """Keep who the device says it is (model, serial, firmware) on the session record,
+        and let the caller refuse it (the calibration gate of the registered device that
+        reports this identity, whatever port spelling reached it)."""
+        if self.profile.identity is not None:
+            try:
+                self.device = device_identity(self.profile, self.identity)
+            except IdentityError as exc:
+                raise _Reject(f"device identity unreadable: {exc}") from None
+        if self.store is not None and self.session_id:
+            try:
+                self.store.set_session_identity(self.session_id,
+                                                {**_plain(self.identity), **self.device})
+            except RecordsError as exc:
+                raise _Reject(f"records unavailable: {exc}") from None
+        if self._on_identified is not None:
+            refusal = self._on_identified(self.device)
+            if refusal:
+                raise _Reject(refusal)
+
     def _start_output(self) -> None:
         assert self.link is not None
         if self.rx.pending:
@@ -245,14 +292,22 @@ class Session:
                 raise _Reject("this prescription already started an output; an output is "
                               "never restored without a new operator request")
             _STARTED.add(self.rx.request_id)
-        for op in ("configure", "arm"):
-            self.link.run(op, self.variables)
-            self._event("command", {"op": op, "watchdog_s": self.variables["watchdog_s"],
-                                    "timer_s": self.variables["timer_s"]}
-                        if op == "arm" else {"op": op})
+        self.link.run("configure", self.variables)
+        self._event("command", {"op": "configure"})
+        self.link.run("arm", self.variables)
+        armed = self.link.read_back("arm", self.variables)
+        self._event("command", {"op": "arm", "watchdog_s": self.variables["watchdog_s"],
+                                "timer_s": self.variables["timer_s"],
+                                "read_back": {k: {"written": rb.written, "read": rb.read}
+                                              for k, rb in armed.items()}})
+        problem = backstops.armed_problem(armed)
+        if problem:
+            raise _Reject(problem)
         if self._records_failed:
             raise _Reject(f"records failed: {self._records_failed}; nothing is started "
                           "that cannot be recorded")
+        if self._mailbox.stop_wanted():
+            raise Interrupted("stop requested before the output started")
         # From here the output may be on: every exit path stops it.
         self.t_start = self.clock()
         try:
@@ -283,7 +338,6 @@ class Session:
         """Run until something ends the output; returns why, and whether to e-stop."""
         assert self.link is not None and self.t_start is not None
         period = self.profile.safety.poll_period_s
-        guard = poll_guard_s(self.profile)
         next_poll = self.clock()
         ramp_s = float(self.variables.get("ramp_up_s", 0) or 0)
         if ramp_s <= 0:
@@ -297,6 +351,7 @@ class Session:
             if now >= end:
                 return Verdict(checks.COMPLETED, checks.BY_CONTROLLER,
                                "planned duration delivered"), False
+            guard = self._guard_s()
             if now >= next_poll and end - now > guard:
                 found = self._poll(now, ramp_s)
                 if found is not None:
@@ -310,20 +365,44 @@ class Session:
                                ), False
             # Inside the guard no poll may start: sleep to the end rather than wake for a
             # poll that will not happen (which spun here until the end, holding the GIL).
-            end = self._planned_end()
-            wake = next_poll if next_poll < end - guard else end
-            self._wait(wake - self.clock())
+            # The guard grows with the measured poll, so "now" may already be inside it.
+            end, now = self._planned_end(), self.clock()
+            last_start = end - self._guard_s()
+            wake = next_poll if next_poll < last_start and now < last_start else end
+            self._wait(wake - now)
             self.link.poll_events()
+
+    def _guard_s(self) -> float:
+        """No poll starts this close to the planned end: the base guard (one lost reply),
+        or the longest recent poll plus the base margin, since one poll is several
+        exchanges and near the slow end of a manual takes longer than a poll period.
+        Capped so the quiet end never reads as stale telemetry; a poll that still runs
+        into the planned end is cut short by the link's interrupt check."""
+        base = poll_guard_s(self.profile)
+        if not self._poll_times:
+            return base
+        safety = self.profile.safety
+        cap = safety.stale_after_s - safety.poll_period_s
+        return max(base, min(POLL_GUARD_S + max(self._poll_times), cap))
 
     def _poll(self, now: float, ramp_s: float) -> Verdict | None:
         assert self.link is not None and self.meter is not None and self.t_start is not None
+        began = self.clock()
         try:
             t = self.link.telemetry(self.variables)
+        except Interrupted as exc:
+            if exc.after is not None and not self._mailbox.stop_wanted():
+                # The planned end cut short the retries of a failing link: say so.
+                return Verdict(checks.FAULT, checks.BY_CONTROLLER,
+                               f"communication: {exc.after} (retries cut short at the "
+                               "planned end)")
+            return None     # a stop or the planned end: the loop acts on it at once
         except ProtocolError as exc:
             return Verdict(checks.FAULT, checks.BY_CONTROLLER, f"communication: {exc}")
         at = self.clock()
+        self._poll_times.append(at - began)
         self._last_ok = at
-        self.last_telemetry = t
+        self._seen(t)
         self.meter.add_sample(at, t)
         if self.store is not None and self.session_id:
             try:
@@ -339,18 +418,39 @@ class Session:
             # them looks inconsistent. Read once more before blaming a mismatch.
             try:
                 again = self.link.telemetry(self.variables)
+            except Interrupted:
+                return None
             except ProtocolError as exc:
                 return Verdict(checks.FAULT, checks.BY_CONTROLLER, f"communication: {exc}")
             at = self.clock()
-            self.last_telemetry = t = again
+            self._seen(again)
+            t = again
             verdict = self._judge(t, at)
         if verdict is not None:
             return verdict
+        if not self._timer_checked:
+            self._timer_checked = True
+            problem = backstops.timer_problem(t, float(self.variables["timer_s"]),
+                                              at - self.t_start)
+            self._event("reply", {"op": "timer_check", "remaining_s": t.get("remaining_s"),
+                                  "armed_s": self.variables["timer_s"],
+                                  "confirmed": problem is None})
+            if problem:
+                return Verdict(checks.FAULT, checks.BY_CONTROLLER, problem)
         self._last_running = t
         self._follow_state(t, at, ramp_s)
         if self._on_update is not None:
             self._on_update(self.snapshot())
         return None
+
+    def _seen(self, t: dict[str, Scalar]) -> None:
+        """Telemetry read while the output may be on (or just after its stop)."""
+        self.last_telemetry = t
+        if self.t_start is not None:
+            elapsed = backstops.device_elapsed(t)
+            if elapsed is not None and (self.device_elapsed_s is None
+                                        or elapsed > self.device_elapsed_s):
+                self.device_elapsed_s = elapsed
 
     def _judge(self, t: Mapping[str, object], at: float) -> Verdict | None:
         """Output off unasked, an interlock on a measured value, or a mismatch."""
@@ -392,10 +492,11 @@ class Session:
         verdict = self._event_verdict()
         if verdict is not None:
             return verdict, False
-        try:
-            req = self._requests.get_nowait()
-        except queue.Empty:
-            return None
+        return self._stop_verdict()
+
+    def _stop_verdict(self) -> tuple[Verdict, bool] | None:
+        """The posted stop request as a verdict, and whether it is an emergency."""
+        req = self._mailbox.take()
         if req is None:
             return None
         if req.source == "fault":
@@ -403,16 +504,18 @@ class Session:
         source = checks.BY_PATIENT if req.source == "patient" else checks.BY_OPERATOR
         return Verdict(checks.ABORTED, source, req.reason), req.emergency
 
+    def _interrupt_wanted(self) -> bool:
+        """Checked by the link before every exchange but the first of an operation: a
+        posted stop or the planned end pre-empts the rest of a multi-exchange poll."""
+        if self._mailbox.stop_wanted():
+            return True
+        return self.t_start is not None and self.t_off is None \
+            and self.clock() >= self._planned_end()
+
     def _wait(self, timeout: float) -> None:
-        """Wait for a posted request or the timeout (a seam for clock-driven unit tests)."""
-        if timeout <= 0:
-            return
-        try:
-            item = self._requests.get(timeout=timeout)
-        except queue.Empty:
-            return
-        if item is not None:
-            self._requests.put(item)    # handled at the top of the loop, in order
+        """Wait for a posted stop, a wake-up or the timeout (a seam for clock-driven
+        unit tests)."""
+        self._mailbox.wait(timeout)
 
     # -- stopping -----------------------------------------------------------------------
     def _stop_output(self, verdict: Verdict, emergency: bool) -> None:
@@ -484,6 +587,8 @@ class Session:
         """
         if self.link is None:
             return
+        # From here nothing pre-empts the link: the stop itself must never be interrupted.
+        self.link.set_interrupt(None)
         ops = ["emergency_stop"] if emergency else ["stop", "emergency_stop"]
         variables = dict(self.variables)
         if immediate:
@@ -506,7 +611,7 @@ class Session:
         while True:
             try:
                 t = self.link.telemetry(self.variables)
-                self.last_telemetry = t
+                self._seen(t)
                 # Not a dose sample: a reading after the stop would count the time up
                 # to it as "uncoupled" / "off" and shave the delivered figures.
                 if not checks.output_running(self.profile, t):
@@ -545,6 +650,7 @@ class Session:
             self.stop_confirmed = False
             if self.link is not None:
                 try:
+                    self.link.set_interrupt(None)
                     self.link.run("emergency_stop", self.variables)
                 except Exception:
                     log.exception("emergency stop failed")
@@ -595,6 +701,14 @@ class Session:
             out["channel_mask"] = float(1 << int(out["channel"]))
         return out
 
+    def _records_failure(self, exc: RecordsError) -> None:
+        """Any records write failed, in any thread (the periodic flush included): nothing
+        may run that cannot be recorded. Before the output, nothing starts; once it
+        may be on, the session ends as a records fault (non-latching stop, exit 5)."""
+        self._records_failed = str(exc)
+        if self.t_start is not None:
+            self._mailbox.post(StopRequest("fault", False, f"records failed: {exc}"))
+
     def _state_changed(self) -> None:
         self._event("state", {"state": self.state.state})
 
@@ -610,25 +724,35 @@ class Session:
                 # Never let a records failure keep an output running: fault the session;
                 # before output, nothing starts (see _start_output).
                 log.error("records: %s", exc)
-                self._records_failed = str(exc)
-                if self.state.state in ACTIVE_OUTPUT:
-                    self._requests.put(StopRequest("fault", False, f"records failed: {exc}"))
+                self._records_failure(exc)
 
     def _finish(self) -> SessionReport:
         outcome = self.state.outcome or checks.FAULT
-        delivered = self._delivered(self.clock())
+        host = self._delivered(self.clock())
+        slack = self.profile.safety.poll_period_s + poll_guard_s(self.profile) \
+            + max(self._poll_times, default=0.0)
+        delivered, note = backstops.reconcile(host, self.device_elapsed_s, slack)
+        if note:
+            self._event("decision", {"delivered_s": delivered, "host_delivered_s": host,
+                                     "device_elapsed_s": self.device_elapsed_s,
+                                     "reason": note})
         dose = self.meter.figures() if self.meter is not None else {}
         report = SessionReport(
             session_id=self.session_id, outcome=outcome, reason=self.state.reason,
-            profile=self.profile.id, device={"port": self.port, **_plain(self.identity)},
+            profile=self.profile.id,
+            device={"port": self.port, **_plain(self.identity), **self.device},
             prescription=self.rx.record(), planned_s=self.rx.duration_s,
             delivered_s=round(delivered, 3), stop_source=self.state.stop_source, dose=dose,
             events=self.events, stop_confirmed=self.stop_confirmed,
-            output_started=self.t_start is not None)
+            output_started=self.t_start is not None, device_elapsed_s=self.device_elapsed_s,
+            host_delivered_s=round(host, 3) if note else None,
+            profile_file={"id": self.profile.id, "path": self.profile_path,
+                          "sha256": self.profile_sha256})
         if self.store is not None and self.session_id:
             try:
                 self.store.close_session(self.session_id, outcome, self.state.reason,
-                                         self.state.stop_source or None, delivered, dose)
+                                         self.state.stop_source or None, delivered, dose,
+                                         device_elapsed_s=self.device_elapsed_s)
             except RecordsError as exc:
                 report.reason += f"; records: {exc}"
         self.report = report

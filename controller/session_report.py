@@ -37,6 +37,12 @@ class SessionReport:
     stop_confirmed: bool | None = None
     """None when no output was ever commanded."""
     output_started: bool = False
+    device_elapsed_s: float | None = None
+    """The device's own count of output time, where it reports one."""
+    host_delivered_s: float | None = None
+    """The controller's measurement, kept when the device's count was recorded instead."""
+    profile_file: dict[str, str] = field(default_factory=dict)
+    """The profile file the session ran on: id, path and SHA-256."""
 
     @property
     def exit_status(self) -> int:

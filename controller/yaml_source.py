@@ -7,6 +7,8 @@ path, what is wrong and what is allowed. Never a traceback.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import reprlib
 import types
@@ -20,6 +22,10 @@ from pydantic import BaseModel, ValidationError
 
 # Upper bound on a config file: profiles are a few kB; anything far larger is a mistake.
 MAX_FILE_BYTES = 1_000_000
+# Deepest nesting of mappings and lists in any of our files. The deepest real one
+# (a profile's protocol map) is about 7 levels; PyYAML composes recursively and
+# ends in RecursionError near 1000, so anything past this is refused, with its line.
+MAX_YAML_DEPTH = 64
 
 
 class SourceError(Exception):
@@ -31,8 +37,25 @@ class SourceError(Exception):
         super().__init__("\n".join(problems))
 
 
+class _TooDeep(yaml.MarkedYAMLError):
+    """Nesting beyond MAX_YAML_DEPTH."""
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+    """SafeLoader that refuses duplicate keys and nesting deeper than MAX_YAML_DEPTH."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # Counted where the recursion happens, so it never reaches Python's limit.
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooDeep(None, None, f"nesting is deeper than {MAX_YAML_DEPTH} levels",
+                               self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode,
@@ -62,6 +85,10 @@ class YamlDocument:
     path: str
     data: dict[str, Any]
     root: yaml.Node
+    sha256: str = ""
+    """Hex SHA-256 of the exact bytes that were parsed."""
+    real_path: str = ""
+    """Absolute path with symlinks resolved."""
 
     def line_of(self, loc: tuple[str | int, ...], key: bool = False) -> int | None:
         """1-based line of the node at `loc` (of its key when `key`), or the nearest parent's."""
@@ -101,8 +128,12 @@ def read_yaml_mapping(path: str | Path, what: str) -> YamlDocument:
         raise SourceError(name, [f"{name}: the file is empty; a {what} is a mapping of "
                                  "sections"])
     try:
-        root = yaml.compose(text, Loader=_StrictLoader)
-        data = yaml.load(text, Loader=_StrictLoader)
+        root, data = _load(text)
+    except _TooDeep as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        where = f"{name}:{line}" if line else name
+        raise SourceError(name, [f"{where}: nesting is deeper than {MAX_YAML_DEPTH} levels; "
+                                 f"a {what} is never nested that deep"]) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         raise SourceError(name, [f"{name}:{line}: character {one_line(chr(exc.character))} "
@@ -121,7 +152,18 @@ def read_yaml_mapping(path: str | Path, what: str) -> YamlDocument:
         kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
         raise SourceError(name, [f"{name}:{root.start_mark.line + 1}: the top level is {kind}; "
                                  f"a {what} is a mapping of sections (key: value)"])
-    return YamlDocument(name, data, root)
+    return YamlDocument(name, data, root, hashlib.sha256(raw).hexdigest(),
+                        os.path.realpath(path))
+
+
+def _load(text: str) -> tuple[yaml.Node | None, Any]:
+    """Compose once (depth-bounded) and construct the data from that same node tree."""
+    loader = _StrictLoader(text)
+    try:
+        root = loader.get_single_node()
+        return root, None if root is None else loader.construct_document(root)
+    finally:
+        loader.dispose()
 
 
 def validation_problems(doc: YamlDocument, err: ValidationError,

@@ -25,6 +25,8 @@ class DeviceEvent:
 
 
 EventHandler = Callable[[DeviceEvent], None]
+InterruptCheck = Callable[[], bool]
+"""True when a stop request is waiting: routine I/O must give way (cheap: an Event.is_set)."""
 
 
 class Engine(Protocol):
@@ -45,5 +47,23 @@ class Engine(Protocol):
         ...
 
     def set_event_handler(self, handler: EventHandler | None) -> None: ...
+
+    def reads_back(self, entry: str) -> bool:
+        """Whether `read([entry])` returns what was last written to `entry` without side
+        effects (a holding register, a settable query), so a write can be verified."""
+        ...
+
+    def set_interrupt(self, check: InterruptCheck | None) -> None:
+        """Let a stop request pre-empt routine I/O (None: never pre-empted).
+
+        With a check set, the engine calls it before every exchange except the
+        first one of each read()/write() call, and before every retry of an
+        exchange (SCPI: also while waiting for the line to go quiet after a
+        timeout). When it returns True the engine raises
+        protocols.errors.Interrupted and sends nothing more. So a stop waits at
+        most for the one exchange already on the wire. The caller clears the
+        check before sending its stop commands, which are never interrupted.
+        """
+        ...
 
     def close(self) -> None: ...

@@ -22,6 +22,21 @@ class LinkLost(ProtocolError):
     """The port is closed, unplugged or otherwise unusable."""
 
 
+class PortBusy(ProtocolError):
+    """Another controller holds the port: one controller per device. Nothing was sent."""
+
+
+class Interrupted(ProtocolError):
+    """A stop request pre-empted routine I/O; nothing was sent after the check.
+
+    `after` is the failure that the pre-empted retry would have answered, if any: a
+    caller that pre-empts at a deadline still learns that the link was failing."""
+
+    def __init__(self, message: str, after: ProtocolError | None = None) -> None:
+        super().__init__(message)
+        self.after = after
+
+
 class LinkTimeout(ProtocolError):
     """No complete, valid reply within the timeout, after every retry."""
 

@@ -6,6 +6,11 @@ from memory without executing it again); a reply carrying the request's SEQ
 but another command's code is a reply the device remembered from an earlier
 host, so the request goes again under a new SEQ. Event frames may arrive at
 any moment and are handed to the event handler in arrival order.
+
+The first exchange after opening is a PING whose reply is discarded: the
+device remembers the last SEQ and reply across host disconnects, so the reply
+to our first SEQ may be an earlier host's (a remembered GET_INFO reply would
+pass for current). See `_sync` for why one PING proves every later reply current.
 """
 
 from __future__ import annotations
@@ -18,8 +23,15 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from protocols.engine import DeviceEvent, EventHandler
-from protocols.errors import DeviceRefused, LinkTimeout, ProtocolViolation, ValueRejected
+from protocols.engine import DeviceEvent, EventHandler, InterruptCheck
+from protocols.errors import (
+    DeviceRefused,
+    Interrupted,
+    LinkTimeout,
+    ProtocolError,
+    ProtocolViolation,
+    ValueRejected,
+)
 from protocols.framed_codec import (
     BYTE_MASK,
     Frame,
@@ -62,7 +74,8 @@ class FramedEngine:
     """protocols.engine.Engine for any framed binary device map."""
 
     def __init__(self, transport: Transport, pmap: FramedMap, reply_timeout_s: float,
-                 retries: int, *, first_seq: int | None = None) -> None:
+                 retries: int, *, first_seq: int | None = None,
+                 sync_command: str | None = None) -> None:
         if reply_timeout_s <= 0 or retries < 0:
             raise ValueError("reply_timeout_s must be positive and retries not negative")
         self._transport = transport
@@ -86,13 +99,23 @@ class FramedEngine:
             raise ValueError("the map leaves fewer than two request SEQ values: the device "
                              "would take every request as a repeat of the previous one")
         if first_seq is None:
-            # The device remembers the last SEQ across reconnects: a random start
-            # makes a collision with it unlikely; a mismatching CMD catches the rest.
+            # The device remembers the last SEQ across reconnects: the opening PING
+            # (_sync) makes that harmless; a random start keeps it rare anyway.
             self._seq_index = random.randrange(len(self._seqs))
         elif first_seq in self._seqs:
             self._seq_index = self._seqs.index(first_seq)
         else:
             raise ValueError(f"first_seq {first_seq} is not a usable request SEQ")
+        sync_command = sync_command or pmap.open_with
+        sync = self._commands.get(sync_command)
+        if sync is None or sync.request.fields:
+            raise ValueError(f"the map has no '{sync_command}' command without request fields: "
+                             "the engine needs one to open the link (its reply proves the "
+                             "device's remembered SEQ is not ours)")
+        self._sync_cmd = sync
+        self._synced = False
+        self._interrupt: InterruptCheck | None = None
+        self._armed = False   # the interrupt check applies to the next frame sent
         self._decoder = FrameDecoder(pmap.sync, pmap.min_len, pmap.max_len)
         self._handler: EventHandler | None = None
         self._queue: deque[DeviceEvent] = deque()
@@ -108,6 +131,7 @@ class FramedEngine:
 
     def read(self, entries: Sequence[str],
              args: Mapping[str, Scalar] | None = None) -> dict[str, Scalar]:
+        self._armed = False
         if not args and len(entries) == 1:
             # Hot path (telemetry polls): one command without request fields.
             cmd = self._commands.get(entries[0])
@@ -148,6 +172,20 @@ class FramedEngine:
         while handler is not None and self._queue:
             self._call_handler(handler, self._queue.popleft())
 
+    def open_link(self) -> None:
+        """Make the opening exchange (see `_sync`) now; else the first read/write does."""
+        self._armed = False
+        if not self._synced:
+            self._sync(self._sync_cmd)
+
+    def set_interrupt(self, check: InterruptCheck | None) -> None:
+        """See protocols.engine.Engine.set_interrupt."""
+        self._interrupt = check
+
+    def reads_back(self, entry: str) -> bool:
+        """Never: reading a frame command sends it, so a write cannot be read back."""
+        return False
+
     def close(self) -> None:
         self._transport.close()
 
@@ -164,12 +202,67 @@ class FramedEngine:
         self._seq_index = (i + 1) % len(self._seqs)
         return self._seqs[i]
 
+    def _gate(self, name: str, after: ProtocolError | None = None) -> None:
+        """Before each frame sent: any but the first of a read()/write() call gives way
+        to a stop request. Called before a new SEQ is taken, so an interrupted
+        exchange leaves no gap (the next request's SEQ still differs from the last sent).
+        """
+        check = self._interrupt
+        if self._armed and check is not None and check():
+            raise Interrupted(f"{name}: a stop request came first; not sent", after=after)
+        self._armed = True
+
+    def _sync(self, cmd: _Command) -> None:
+        """Open the link with an exchange whose reply is thrown away.
+
+        The device answers a request whose SEQ equals its remembered one with the
+        remembered reply, unexecuted, and it keeps that SEQ across hosts. So the
+        reply to our first SEQ s may be stale whatever its code (a remembered PING
+        or GET_INFO reply looks current): it is a PING's, and discarded. Any frame
+        carrying s proves the device has taken s: either it executed our PING, or
+        s already was its remembered SEQ. Either way its remembered SEQ is now s,
+        and every later request uses a SEQ other than the one before it, so the
+        device executes each and every later reply is current. Frames already
+        waiting predate our first request: events among them are delivered, the
+        rest dropped. A stale reply still on the wire arrives before the
+        PING's reply (the device answers in order), so the wait for s takes it.
+        """
+        for waiting in self._decoder.feed(self._transport.read_available()):
+            self._unsolicited(waiting)
+        ping = self._sync_cmd
+        self._gate(cmd.name)
+        seq = self._next_seq()
+        frame = encode_frame(self._map.sync, seq, ping.code, b"")
+        for attempt in range(self._retries + 1):
+            if attempt:
+                self._gate(cmd.name, LinkTimeout(f"{cmd.name}: no reply to the opening "
+                                                 f"{ping.name} (seq {seq})"))
+            self._transport.write(frame)
+            reply = self._await_reply(seq, time.monotonic() + self._timeout)
+            if reply is not None:
+                log.debug("%s: link opened with %s seq %d (reply code 0x%02X discarded)",
+                          cmd.name, ping.name, seq, reply.cmd)
+                self._synced = True
+                return
+            log.debug("%s: no reply to the opening %s (seq %d), attempt %d", cmd.name,
+                      ping.name, seq, attempt + 1)
+        raise LinkTimeout(f"{cmd.name}: no reply to the opening {ping.name} (seq {seq}) "
+                          f"after {self._retries + 1} attempt(s) of {self._timeout:g} s")
+
     def _exchange(self, cmd: _Command, payload: bytes) -> dict[str, Scalar]:
+        if not self._synced:
+            self._sync(cmd)
         debug = log.isEnabledFor(logging.DEBUG)
+        self._gate(cmd.name)
         seq = self._next_seq()
         frame = encode_frame(self._map.sync, seq, cmd.code, payload)
         retries_left, resends_left = self._retries, REMEMBERED_RESENDS
+        gated = True
+        failed: ProtocolError | None = None
         while True:
+            if not gated:   # a retry or a resend under a new SEQ
+                self._gate(cmd.name, failed)
+            gated, failed = False, None
             if debug:
                 log.debug("%s: send seq %d: %s", cmd.name, seq, frame.hex(" "))
             self._transport.write(frame)
@@ -179,6 +272,7 @@ class FramedEngine:
                     raise LinkTimeout(f"{cmd.name}: no reply to seq {seq} after "
                                       f"{self._retries + 1} attempt(s) of {self._timeout:g} s")
                 retries_left -= 1
+                failed = LinkTimeout(f"{cmd.name}: no reply to seq {seq}")
                 log.debug("%s: no reply to seq %d, sending the same frame again", cmd.name, seq)
                 continue
             if reply.cmd != cmd.reply_code:

@@ -12,6 +12,16 @@ Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=48)]
 Scalar = int | float | str | bool
 
 
+def scalar_text(value: Scalar) -> str:
+    """A value as the maps write it in text: booleans lower-case, whole floats without
+    ".0" (telemetry map keys, `{var}` templates, identity fields)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors; instances are immutable once validated.
 

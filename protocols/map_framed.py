@@ -94,6 +94,18 @@ class FramedMap(StrictModel):
     status_codes: dict[int, str]
     events: EventFrames | None = None
     commands: dict[Identifier, FrameCommand]
+    open_with: Identifier = "ping"
+    """The harmless command (no request fields) sent first on every new link: its reply is
+    discarded, so a reply the device remembered from an earlier host is never taken as
+    current (protocols/framed.py, FramedEngine._sync)."""
+
+    @model_validator(mode="after")
+    def _open_with_is_harmless(self) -> FramedMap:
+        cmd = self.commands.get(self.open_with)
+        if cmd is None or cmd.request:
+            raise ValueError(f"open_with: the map needs a command '{self.open_with}' with no "
+                             "request fields (a ping) to open every link with; name it here")
+        return self
 
     @model_validator(mode="after")
     def _codes_unique(self) -> FramedMap:

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from protocols.engine import EventHandler
+from protocols.engine import EventHandler, InterruptCheck
 from protocols.errors import (
     CorruptReply,
     DeviceRefused,
+    Interrupted,
     LinkTimeout,
     ProtocolViolation,
     ValueRejected,
@@ -128,6 +129,8 @@ class ModbusEngine:
         # One select and one read per reply where the transport offers it.
         self._read_some: Callable[[int, float], bytes] | None = \
             getattr(transport, "read_some", None)
+        self._interrupt: InterruptCheck | None = None
+        self._armed = False   # the interrupt check applies to the next exchange
 
     # --- Engine interface ---------------------------------------------------
 
@@ -136,6 +139,7 @@ class ModbusEngine:
         """Registers by name; `name` -> engineering value, `name.bit` -> bool."""
         if args:
             raise ValueRejected(f"Modbus register reads take no arguments, got {sorted(args)}")
+        self._armed = False
         key = tuple(entries)
         plan = self._plans.get(key)
         if plan is None:
@@ -166,6 +170,7 @@ class ModbusEngine:
                                 f"got {sorted(args)}")
         reg = self._holding(entry)
         word = encode_register(entry, reg, args["value"])
+        self._armed = False
         self._exchange(write_single_request(self._map.unit_address, reg.address, word, entry))
         return {}
 
@@ -190,6 +195,7 @@ class ModbusEngine:
             raise ValueRejected(f"{label}: {len(encoded)} registers exceed the device's "
                                 f"{self._map.max_registers_per_request} per request")
         words = [word for _, _, word in encoded]
+        self._armed = False
         self._exchange(write_multiple_request(self._map.unit_address, first, words, label))
 
     def poll_events(self) -> None:
@@ -197,6 +203,14 @@ class ModbusEngine:
 
     def set_event_handler(self, handler: EventHandler | None) -> None:
         """Accepted for the Engine interface; no events ever arrive."""
+
+    def set_interrupt(self, check: InterruptCheck | None) -> None:
+        """See protocols.engine.Engine.set_interrupt."""
+        self._interrupt = check
+
+    def reads_back(self, entry: str) -> bool:
+        """Holding registers read back (0x03) what was written to them."""
+        return entry in self._map.holding_registers
 
     def close(self) -> None:
         self._transport.close()
@@ -236,15 +250,23 @@ class ModbusEngine:
         """Send one request and return its validated reply's words, retrying as allowed.
 
         LinkLost and DeviceRefused propagate at once; silence, corrupt and
-        unexpected replies are retried, and the last of them is raised.
+        unexpected replies are retried, and the last of them is raised. Every
+        attempt but the first exchange of a read()/write() call gives way to a
+        stop request (Interrupted) before it sends.
         """
-        transport = self._transport
+        transport, check = self._transport, self._interrupt
         read, read_some = transport.read, self._read_some
         if self._stale:
             transport.discard_input()
             self._stale = False
         last: LinkTimeout | CorruptReply | ProtocolViolation | None = None
         for attempt in range(self._attempts):
+            if check is not None and (attempt or self._armed) and check():
+                # A reply to an earlier attempt may still come: _stale makes the
+                # next exchange drop it first.
+                raise Interrupted(f"modbus {request.label}: a stop request came first; "
+                                  "not sent", after=last)
+            self._armed = True
             started = time.monotonic()
             frame = b""
             try:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from protocols import scpi_codec as codec
-from protocols.engine import EventHandler
+from protocols.engine import EventHandler, InterruptCheck
 from protocols.errors import (
     CorruptReply,
     DeviceRefused,
+    Interrupted,
     LinkLost,
     LinkTimeout,
     ProtocolError,
@@ -46,6 +47,9 @@ MAX_DRAIN_QUERIES = ERROR_QUEUE_DEPTH + 1
 # for this many reply timeouts (discarding what arrives), at most MAX_SETTLE_S.
 SETTLE_QUIET_TIMEOUTS = 2.0
 MAX_SETTLE_S = 1.0
+# While settling with an interrupt check set, the check is polled this often: a
+# stop request waits at most this long for the settle to give way (stop budget 20 ms).
+SETTLE_CHECK_S = 0.005
 LF = b"\n"
 # Most a line read takes at once; a reply line is far shorter.
 READ_CHUNK = 512
@@ -75,6 +79,11 @@ class ScpiEngine:
         self._retries = retries
         self._buf = bytearray()
         self._unsettled = False   # a request timed out: a late reply may be on its way
+        # When the line was last seen busy during a settle; kept when a stop request
+        # interrupts the settle, so the next exchange waits only the rest of the quiet.
+        self._settle_last: float | None = None
+        self._interrupt: InterruptCheck | None = None
+        self._armed = False   # the interrupt check applies to the next exchange
         self._read_some: Callable[[int, float], bytes] | None = \
             getattr(transport, "read_some", None)
         # Replies are framed by the last byte of the map's terminator (LF for "\r\n").
@@ -88,6 +97,7 @@ class ScpiEngine:
 
     # -- Engine -------------------------------------------------------------------
     def write(self, entry: str, args: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        self._armed = False
         cmd = self._command(entry)
         header = self._headers[entry]
         if args or not cmd.action:
@@ -105,6 +115,7 @@ class ScpiEngine:
              args: Mapping[str, Scalar] | None = None) -> dict[str, Scalar]:
         if args:
             raise ValueRejected(f"queries of this family take no arguments: {sorted(args)}")
+        self._armed = False
         out: dict[str, Scalar] = {}
         for entry in entries:
             line, keys, parser = self._queries.get(entry) or self._query(entry)
@@ -117,6 +128,15 @@ class ScpiEngine:
 
     def set_event_handler(self, handler: EventHandler | None) -> None:
         """This family has no events."""
+
+    def set_interrupt(self, check: InterruptCheck | None) -> None:
+        """See protocols.engine.Engine.set_interrupt."""
+        self._interrupt = check
+
+    def reads_back(self, entry: str) -> bool:
+        """A setting whose command also has a query form reads back its value."""
+        cmd = self._map.commands.get(entry)
+        return cmd is not None and bool(cmd.set) and bool(cmd.query)
 
     def close(self) -> None:
         self._t.close()
@@ -169,6 +189,9 @@ class ScpiEngine:
             except (LinkTimeout, CorruptReply) as exc:
                 last = exc
                 continue
+            except Interrupted as exc:
+                exc.after = exc.after or last     # pre-empted a retry: the link was failing
+                raise
             saw_error = True
             last = DeviceRefused(entry, *error)
             if error[0] != pmap.checksum_error_code:
@@ -181,10 +204,18 @@ class ScpiEngine:
                          f"last: {last}")
 
     def _exchange(self, entry: str, line: bytes) -> str:
-        """Send one line and return the text of the reply line; no retries."""
+        """Send one line and return the text of the reply line; no retries.
+
+        Every exchange but the first of a read()/write() call (retries and
+        error-queue drains included) gives way to a stop request here.
+        """
+        check = self._interrupt if self._armed else None
+        if check is not None and check():
+            raise Interrupted(f"{entry}: a stop request came first; not sent")
         try:
             if self._unsettled:
-                self._settle(entry)
+                self._settle(entry, check)
+            self._armed = True
             # Anything waiting now (a late reply, line noise) answers no request of
             # ours: a line protocol cannot tell, so it is dropped before every request.
             self._t.discard_input()
@@ -222,6 +253,7 @@ class ScpiEngine:
                     chunk += t.read_available()
             if not chunk:
                 self._unsettled = True
+                self._settle_last = None  # the quiet is measured from the next settle
                 raise LinkTimeout(f"{entry}: no reply within {self._timeout:g} s "
                                   f"(got {bytes(buf)!r})")
             buf += chunk
@@ -229,24 +261,40 @@ class ScpiEngine:
         raise CorruptReply(f"{entry}: reply line longer than {self._map.max_line_length} "
                            "characters")
 
-    def _settle(self, entry: str) -> None:
-        """Wait for the line to go quiet after a timeout, discarding late replies."""
+    def _settle(self, entry: str, check: InterruptCheck | None) -> None:
+        """Wait for the line to go quiet after a timeout, discarding late replies.
+
+        A stop request (`check`) ends the wait early with Interrupted, before
+        anything is sent. The engine then stays unsettled and remembers when the
+        line was last busy: the next exchange (the stop command) first waits out
+        the rest of the quiet, so it still cannot take a late reply for its own.
+        """
         quiet = SETTLE_QUIET_TIMEOUTS * self._timeout
         now = time.monotonic()
-        give_up, last = now + MAX_SETTLE_S, now
+        give_up = now + MAX_SETTLE_S
+        if self._settle_last is None:
+            self._settle_last = now
+        last = self._settle_last
         dropped = 0
         while now < give_up and now - last < quiet:
-            chunk = self._t.read(256, min(give_up, last + quiet))
+            deadline = min(give_up, last + quiet)
+            if check is not None:
+                deadline = min(deadline, now + SETTLE_CHECK_S)
+            chunk = self._t.read(256, deadline)
             now = time.monotonic()
             if chunk:
                 dropped += len(chunk)
-                last = now
+                last = self._settle_last = now
+            if check is not None and check():
+                raise Interrupted(f"{entry}: a stop request came while the line settled "
+                                  "after a timeout; not sent")
         if now - last < quiet:
             raise LinkTimeout(f"{entry}: the line did not go quiet after a timeout "
                               f"({dropped} bytes in {MAX_SETTLE_S:g} s)")
         if dropped:
             log.info("%s: discarded %d late bytes after a timeout", entry, dropped)
         self._unsettled = False
+        self._settle_last = None
 
     def _drain(self, entry: str) -> list[tuple[int, str]]:
         """Pop the device error queue until it reports no error; best effort, bounded."""

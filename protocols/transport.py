@@ -13,12 +13,15 @@ import select
 import stat
 import termios
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import serial
 
-from protocols.errors import LinkLost, LinkTimeout
+from protocols import port_lock
+from protocols.errors import LinkLost, LinkTimeout, PortBusy
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +68,31 @@ class Transport(Protocol):
 
 
 class SerialTransport:
-    """An open serial port (device path or pyserial URL)."""
+    """An open serial port (device path or pyserial URL), held exclusively.
+
+    A device path is locked (protocols.port_lock) before pyserial opens or
+    configures it: a second controller on the same device, however it spells
+    the path, gets PortBusy having sent nothing. pyserial URLs cannot be locked.
+    """
 
     def __init__(self, port: str, settings: SerialSettings) -> None:
         self.port_name = port
         self._timeout = MAX_READ_SLICE_S
+        # Releases the port lock once: at close(), or when a transport never closed
+        # is collected (a leaked lock would refuse every later controller).
+        self._unlock: Callable[[], object] = lambda: None
+        if port_lock.is_url(port):
+            log.info("%s is a pyserial URL: no device node to lock", port)
+        else:
+            try:
+                self._unlock = weakref.finalize(self, port_lock.release, port_lock.acquire(port))
+            except port_lock.PortLocked as exc:
+                where = port if exc.real_path == port else f"{port} ({exc.real_path})"
+                holder = f" ({exc.holder})" if exc.holder else ""
+                raise PortBusy(f"port {where} is in use by another controller{holder}; "
+                               "one controller per device") from None
+            except OSError as exc:
+                raise LinkLost(f"cannot open {port}: {exc}") from None
         parity = settings.parity
         if parity != serial.PARITY_NONE and is_pseudo_terminal(port):
             # A pty has no UART, so parity is not emulated; and setting PARENB on one
@@ -87,6 +110,7 @@ class SerialTransport:
                 write_timeout=settings.write_timeout_s,
             )
         except PORT_ERRORS as exc:
+            self._unlock()
             raise LinkLost(f"cannot open {port}: {exc}") from None
 
     @property
@@ -177,6 +201,7 @@ class SerialTransport:
             self._port.close()
         except PORT_ERRORS:
             log.debug("error closing %s", self.port_name, exc_info=True)
+        self._unlock()   # after the port: the next controller opens it once we are done
 
     def _set_timeout(self, timeout: float) -> None:
         # Setting the timeout costs a tcsetattr on some ports: only when it changes.

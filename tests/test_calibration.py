@@ -602,6 +602,9 @@ def test_a_busy_device_is_refused(sim_device: SimFactory, store: RecordStore) ->
         link.run("configure", {"frequency_mhz": 1, "duty_pct": 100, "intensity_w_cm2": 1.0})
         link.run("arm", {"watchdog_s": 0, "timer_s": 30})
         link.run("start", {})
+        # Another controller's session leaves the port (one controller per port); its
+        # output runs on. Calibration must see it and leave it alone.
+        link.close()
         out = run(job(dev.profile, dev.port),
                   BalanceTechnician(cast(UltrasoundModel, dev.model)), store)
         assert out.verdict == "refused" and out.exit_status == 3
@@ -609,6 +612,7 @@ def test_a_busy_device_is_refused(sim_device: SimFactory, store: RecordStore) ->
         with dev.model.lock:
             assert dev.model.output_on                 # somebody's session: left alone
     finally:
+        link = DeviceLink.open(dev.profile, dev.port)
         link.run("stop", {})
         link.close()
     assert store.calibrations("bay-1") == []
@@ -625,10 +629,12 @@ def test_tens_refused_while_another_channel_runs(sim_device: SimFactory,
     try:
         link.run("configure", run1)
         link.run("start", run1)
+        link.close()        # one controller per port: the other session's link is gone
         out = run(job(dev.profile, dev.port, channels=[0]),
                   MeterTechnician(cast(TensModel, dev.model)), store)
         assert out.verdict == "refused" and "delivering output on channel 1" in out.reason
     finally:
+        link = DeviceLink.open(dev.profile, dev.port)
         link.run("stop", run1)
         link.close()
 

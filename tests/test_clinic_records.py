@@ -76,7 +76,7 @@ def test_an_older_database_is_migrated_and_keeps_its_sessions(db: Path) -> None:
         s.add_device("heat-9", "hc-200", "/dev/pts/1", "tom")
         assert s.get_session(sid) is not None and s.device("heat-9") is not None
     version = sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchone()[0]
-    assert version == records.SCHEMA_VERSION == 2
+    assert version == records.SCHEMA_VERSION == 3
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -252,7 +252,50 @@ def test_calibration_gate(store: RecordStore) -> None:
     assert wrong is not None and "registered as a us-300, not a hc-200" in wrong
     no_interval = profile.model_copy(update={"calibration": None})
     store.add_device("heat-2", "hc-200", "/dev/pts/93", "tom")
-    assert check_calibration(store, no_interval, "heat-2", T0) is None
+    # The requirement comes from the profile the device was registered with, not from the
+    # one the command names (issue 10 item 3): a copy without `calibration:` lifts nothing.
+    lifted = check_calibration(store, no_interval, "heat-2", T0)
+    assert lifted is not None and "its registered profile requires calibration" in lifted
     store.remove_device("heat-2", "tom")
     gone = check_calibration(store, profile, "heat-2", T0)
     assert gone is not None and "taken out of service" in gone
+
+
+# -- schema 3: device identity, pinned profiles, booked profile files ----------------------
+
+def test_devices_by_identity_and_real_port_and_pinning(store: RecordStore) -> None:
+    dev = store.add_device("heat-7", "hc-200", "/dev/serial/by-id/usb-HC", "tom", serial="S7",
+                           model="HC-200", profile_path="/p/hc.yaml", profile_sha256="aa" * 32,
+                           port_real="/dev/ttyUSB0")
+    assert (dev.model, dev.profile_sha256, dev.port_real) == ("HC-200", "aa" * 32,
+                                                              "/dev/ttyUSB0")
+    assert store.device_by_identity("HC-200", "S7") == dev
+    assert store.device_on_real_port("/dev/ttyUSB0") == dev
+    assert store.device_by_identity("HC-200", "S8") is None
+    with pytest.raises(ClinicError, match="already the port of device 'heat-7'"):
+        store.add_device("heat-8", "hc-200", "/dev/ttyUSB0", "tom")
+    with pytest.raises(ClinicError, match="serial S7 is already registered as device 'heat-7'"):
+        store.add_device("heat-8", "hc-200", "/dev/pts/77", "tom", serial="S7", model="HC-200")
+    pinned = store.pin_device("heat-7", profile="hc-200", profile_path="/p/hc.yaml",
+                              profile_sha256="bb" * 32, serial="S7", model="HC-200",
+                              port="/dev/ttyUSB1", port_real="/dev/ttyUSB1", actor="tina")
+    assert (pinned.profile_sha256, pinned.port, pinned.registered_by) == \
+        ("bb" * 32, "/dev/ttyUSB1", "tom")
+    assert store.device_on_real_port("/dev/ttyUSB0") is None
+    assert ("tina", "device.pin", "device/heat-7") in actions(store)
+    store.remove_device("heat-7", "tom")
+    assert store.device_by_identity("HC-200", "S7") is None
+    with pytest.raises(ClinicError, match="removed"):
+        store.pin_device("heat-7", profile="hc-200", profile_path="", profile_sha256="",
+                         serial=None, model=None, port="/dev/x", port_real=None, actor="tina")
+    assert store.verify_audit().ok
+
+
+def test_a_booking_keeps_its_profile_files(store: RecordStore) -> None:
+    files = {"session": {"id": "hc-200", "path": "/p/hc.yaml", "sha256": "cc" * 32}}
+    b = store.add_booking(devices={"device": "heat-1"}, profile="hc-200", plan=None,
+                          settings={}, modalities=["thermal"], patient="P-001",
+                          starts_at=datetime(2030, 1, 1, 9, tzinfo=UTC), duration_s=600.0,
+                          actor="bob", min_interval_s=0.0, profiles=files)
+    assert b.profiles == files and store.booking(b.id).profiles == files  # type: ignore[union-attr]
+    assert store.verify_audit().ok

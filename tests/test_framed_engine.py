@@ -151,19 +151,40 @@ Peer = PtyPeer
 Opener = Callable[..., tuple[FramedEngine, PtyPeer]]
 
 
+def seq_before(pmap: FramedMap, seq: int) -> int:
+    """The request SEQ the engine uses just before `seq` (skipping the events' SEQ)."""
+    event_seq = pmap.events.seq if pmap.events else None
+    seqs = [s for s in range(pmap.seq_min, pmap.seq_max + 1) if s != event_seq]
+    return seqs[seqs.index(seq) - 1]
+
+
 @pytest.fixture(params=["read", "read_some"])
 def open_engine(request: pytest.FixtureRequest) -> Iterator[Opener]:
-    """Engine and peer over one pty; both transports' read paths are exercised."""
+    """Engine and peer over one pty; both transports' read paths are exercised.
+
+    With `opened` (the default) the engine has made its opening exchange
+    (FramedEngine.open_link) and the device's log is cleared, so a test sees only
+    its own requests, the first of them under `first_seq`.
+    """
     cls = SerialTransport if request.param == "read" else ReadSomeTransport
     with ExitStack() as stack:
         def opener(device: Callable[[bytes], bytes], pmap: FramedMap = ES4_MAP,
                    timeout: float = TIMEOUT_S, retries: int = 2,
-                   first_seq: int | None = None) -> tuple[FramedEngine, PtyPeer]:
+                   first_seq: int | None = None, opened: bool = True,
+                   sync_command: str = "ping") -> tuple[FramedEngine, PtyPeer]:
             peer = Peer(device)
             stack.callback(peer.close)
+            if opened and first_seq is not None:
+                first_seq = seq_before(pmap, first_seq)
             engine = FramedEngine(cls(peer.port, SETTINGS), pmap, timeout, retries,
-                                  first_seq=first_seq)
+                                  first_seq=first_seq, sync_command=sync_command)
             stack.callback(engine.close)
+            if opened:
+                engine.open_link()
+                peer.received.clear()
+                if isinstance(device, ScriptedDevice):
+                    device.requests.clear()
+                    device.executed.clear()
             return engine, peer
         yield opener
 
@@ -218,6 +239,7 @@ def test_seq_cycles_and_skips_zero(open_engine: Opener) -> None:
 
 
 def small_map(seq_min: int, seq_max: int, event_seq: int) -> FramedMap:
+    """A map with only a PING (code 1) and events."""
     return FramedMap.model_validate({
         "family": "framed_binary", "seq_min": seq_min, "seq_max": seq_max,
         "status_codes": {0: "OK"}, "commands": {"ping": {"code": 1}},
@@ -276,8 +298,8 @@ def test_reply_of_the_wrong_length_is_a_violation(open_engine: Opener) -> None:
 
 def test_lost_reply_is_resent_with_the_same_seq(open_engine: Opener) -> None:
     device = ScriptedDevice()
-    device.drop_replies = 1
     engine, _ = open_engine(device, timeout=0.15)
+    device.drop_replies = 1
     start = time.monotonic()
     result = engine.read(["get_status"])
     assert time.monotonic() - start >= 0.15
@@ -289,9 +311,10 @@ def test_lost_reply_is_resent_with_the_same_seq(open_engine: Opener) -> None:
 def test_remembered_reply_of_another_command_resends_with_a_new_seq(
         open_engine: Opener) -> None:
     device = ScriptedDevice()
-    # The device still remembers seq 77 and its STOP reply from an earlier host.
-    device.remembered = (77, ref_frame(77, STOP + 0x80, b"\x00"))
     engine, _ = open_engine(device, first_seq=77)
+    # Only a device that broke the spec can do this after the opening PING (seq 76):
+    # it claims to remember seq 77 and a STOP reply.
+    device.remembered = (77, ref_frame(77, STOP + 0x80, b"\x00"))
     result = engine.read(["get_status"])
     assert result["get_status.ch0_amplitude"] == 25.0
     assert [(f[2], f[3]) for f in device.requests] == [(77, GET_STATUS), (78, GET_STATUS)]
@@ -307,6 +330,9 @@ def test_fresh_engines_start_at_random_seqs() -> None:
             engine.write("ping", {})
             engine.close()
         starts.add(device.executed[0][0])
+        # The opening PING, then ours under the next SEQ.
+        assert [(seq, cmd) for seq, cmd, _ in device.executed] == \
+            [(starts_at := device.executed[0][0], PING), (starts_at % 255 + 1, PING)]
     assert len(starts) > 20
     assert all(1 <= s <= 255 for s in starts)
 
@@ -421,8 +447,8 @@ def test_a_stray_sync_does_not_hold_events_forever(open_engine: Opener) -> None:
 
 def test_silence_is_link_timeout_after_the_same_frame_each_time(open_engine: Opener) -> None:
     device = ScriptedDevice()
-    device.silent = True
     engine, _ = open_engine(device, timeout=0.05, retries=3)
+    device.silent = True
     start = time.monotonic()
     with pytest.raises(LinkTimeout, match=r"get_status: no reply to seq \d+ after 4 attempt"):
         engine.read(["get_status"])
@@ -444,8 +470,8 @@ def test_peer_gone_is_link_lost(open_engine: Opener) -> None:
 
 def test_peer_gone_while_waiting_is_link_lost_at_once(open_engine: Opener) -> None:
     device = ScriptedDevice()
-    device.silent = True
     engine, peer = open_engine(device, timeout=2.0, retries=3)
+    device.silent = True
     threading.Timer(0.1, peer.close).start()
     start = time.monotonic()
     with pytest.raises(LinkLost):
@@ -501,6 +527,7 @@ link: {baudrate: 38400, reply_timeout_s: 0.5}
 protocol:
   family: framed_binary
   sync: 0x7E
+  open_with: hello
   payload_byte_order: big
   reply_code_offset: 0x40
   max_len: 40
@@ -596,6 +623,9 @@ limits:
     pulse_width_us: {min: 50, max: 300}
     amplitude_ma: {min: 0.01, max: 60.0}
     electrode_area_cm2: {min: 1.0, max: 100.0}
+  clinical: {duration_s: {max: 1800}, frequency_hz: {max: 150}}
+  derived: {charge_per_phase_uc: {max: 32.0}, current_density_rms_ma_cm2: {max: 2.0}}
+rules: {ramp_rate_ma_s: 10.0}
 safety:
   watchdog_s: 1.0
   poll_period_s: 0.2
@@ -621,7 +651,8 @@ def test_an_invented_framed_device_is_driven_byte_for_byte(
     }
     device.status[RUN] = 0x03
     engine, peer = open_engine(device, pmap=pmap, timeout=profile.link.reply_timeout_s,
-                               retries=profile.safety.retry_budget, first_seq=59)
+                               retries=profile.safety.retry_budget, first_seq=59,
+                               sync_command="hello")
     seen: list[DeviceEvent] = []
     engine.set_event_handler(seen.append)
 

@@ -205,6 +205,25 @@ def test_history_csv_rows_then_totals(store: RecordStore, filled: dict[str, str]
     assert float(tens_total["stimulation_s"]) == pytest.approx(1800.0)
 
 
+def test_history_csv_neutralises_formula_cells(store: RecordStore) -> None:
+    # Patient ids are looked up leniently and operators are typed: a spreadsheet must never
+    # run a cell as a formula (OWASP CSV injection), and a CR/LF must never start a new row.
+    patient = "=HYPERLINK(\"http://x\")"
+    sid = store.open_session(profile="+hc-200", port="/dev/pts/9", identity={},
+                             operator="@carol\r\nrow,forged", patient=patient,
+                             prescription={"modality": "thermal"}, planned_s=60.0)
+    store.close_session(sid, "completed", "done", "controller", 60.0, {"cem43_min": 1.0})
+    text = history_csv(patient_history(store, patient))
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert [r["row"] for r in rows] == ["session", "total"]
+    assert {r["patient"] for r in rows} == {"'" + patient}
+    assert rows[0]["operator"] == "'@carol\r\nrow,forged"
+    assert rows[0]["profile"] == "'+hc-200"
+    assert rows[0]["cem43_min"] == "1.0"  # numbers stay numbers
+    for row in rows:
+        assert not any(str(v).startswith(("=", "+", "-", "@")) for v in row.values())
+
+
 def test_per_patient_export_adds_the_history(store: RecordStore,
                                              filled: dict[str, str]) -> None:
     data = json.loads(export_patient_json(store, "P-1"))

@@ -42,14 +42,15 @@ def with_changes(profile: Profile, **changes: Any) -> Profile:
 # -- durations ---------------------------------------------------------------------
 @pytest.mark.parametrize(("text", "seconds"), [
     ("90", 90.0), ("2.5", 2.5), ("90s", 90.0), ("5m", 300.0), ("1m30s", 90.0),
-    ("1h", 3600.0), ("1h30m", 5400.0), ("1h0m5s", 3605.0), ("1.5m", 90.0), (" 5M ", 300.0),
+    ("1h", 3600.0), ("1h30m", 5400.0), ("1h0m5s", 3605.0), ("1.5m", 90.0), ("5M", 300.0),
 ])
 def test_parse_duration_accepts_the_documented_forms(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["-5", "-5m", "0", "0s", "0m0s", "", "  ", "abc", "90ms",
-                                  "1m30", "5 m", "1s1m", "inf", "nan", "1e3", "m", "s"])
+                                  "1m30", "5 m", "1s1m", "inf", "nan", "1e3", "m", "s",
+                                  " 5m", "5m ", "٤٠", "４０s"])
 def test_parse_duration_refuses_garbage_zero_and_negatives(text: str) -> None:
     with pytest.raises(DurationError) as exc:
         parse_duration(text)
@@ -67,8 +68,16 @@ def test_parse_duration_messages_say_what_is_wrong() -> None:
 
 # -- settings ----------------------------------------------------------------------
 def test_parse_settings_reads_name_value_pairs() -> None:
-    assert parse_settings(["a=1", " b = x ", "c=p=q"]) == {"a": "1", "b": "x", "c": "p=q"}
+    assert parse_settings(["a=1", " b =x", "c=p=q"]) == {"a": "1", "b": "x", "c": "p=q"}
     assert parse_settings([]) == {}
+
+
+def test_parse_settings_refuses_spaces_around_a_value() -> None:
+    # Issue 10 §7: " 40" was trimmed to 40; a typed value is taken exactly as given.
+    with pytest.raises(SettingsError) as exc:
+        parse_settings(["a= 40", "b=40 "])
+    assert exc.value.problems == ["'a= 40': the value after '=' has spaces around it",
+                                  "'b=40 ': the value after '=' has spaces around it"]
 
 
 def test_parse_settings_collects_every_bad_pair() -> None:
@@ -154,7 +163,9 @@ def test_session_variables_are_not_operator_parameters() -> None:
     (US, {"intensity_w_cm2": "abc"}, "intensity_w_cm2=abc is not a number"),
     (US, {"intensity_w_cm2": "1,5"}, "intensity_w_cm2=1,5 is not a number"),
     (US, {"intensity_w_cm2": "nan"}, "intensity_w_cm2=nan is not a number"),
-    (US, {"intensity_w_cm2": "1e999"}, "intensity_w_cm2=1e999 is not a finite number"),
+    (US, {"intensity_w_cm2": "1e999"},
+     "intensity_w_cm2=1e999 is not a number (write it out in plain decimal, without an "
+     "exponent)"),
     (ES, {"amplitude_ma": "10", "frequency_hz": "99.5"},
      "frequency_hz=99.5 is not a whole number (an integer parameter)"),
     (ES, {"amplitude_ma": "10", "frequency_hz": "100.0"},
@@ -309,8 +320,10 @@ def test_tens_charge_and_current_density_are_derived_and_checked() -> None:
 
 
 def test_tens_charge_per_phase_limit() -> None:
-    site = with_changes(ES, limits={**ES.model_dump()["limits"],
-                                    "derived": {"charge_per_phase_uc": {"max": 10.0}}})
+    # A site may narrow a ceiling; the density limit stays (the ceiling requires it).
+    limits = ES.model_dump()["limits"]
+    site = with_changes(ES, limits={**limits, "derived": {
+        **limits["derived"], "charge_per_phase_uc": {"max": 10.0}}})
     assert rejected(site, {"amplitude_ma": "60", "pulse_width_us": "200"}) == [
         "charge_per_phase_uc=12 is above the derived limit 10 uC (from amplitude_ma=60, "
         "pulse_width_us=200)"]

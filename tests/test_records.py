@@ -229,7 +229,8 @@ def test_sessions_left_open_are_marked_interrupted(db: Path) -> None:
         assert "nothing was resumed" in (m.reason or "")
         assert m.events[-1].kind == "state" and m.events[-1].detail["state"] == "interrupted"
         audit = fresh.verify_audit()
-        assert audit.ok and audit.entries == 2  # session.open + session.interrupted
+        # session.open, two event.add, the telemetry batch written at close, session.interrupted
+        assert audit.ok and audit.entries == 5
         assert fresh.mark_interrupted_sessions() == []
 
 
@@ -433,3 +434,54 @@ def test_store_without_a_path_uses_the_environment(tmp_path: Path,
     with RecordStore() as s:
         assert s.path == tmp_path / "env.sqlite3"
     assert (tmp_path / "env.sqlite3").exists()
+
+
+# -- schema 3 fields and CSV injection ----------------------------------------------------
+
+def test_profile_file_identity_and_device_elapsed_are_recorded(store: RecordStore) -> None:
+    sid = store.open_session(profile="hc-200", port="p", identity={}, operator="a",
+                             patient=None, prescription={}, planned_s=60.0,
+                             profile_path="/etc/modctl/hc.yaml", profile_sha256="ab" * 32)
+    store.set_session_identity(sid, {"model": "HC-200", "serial": "A1", "firmware": "2.1"})
+    store.close_session(sid, "completed", "end", "timer", 60.0, None, device_elapsed_s=59.5)
+    s = store.get_session(sid)
+    assert s is not None and s.identity["serial"] == "A1"
+    assert (s.profile_path, s.profile_sha256, s.delivered_s, s.device_elapsed_s) == \
+        ("/etc/modctl/hc.yaml", "ab" * 32, 60.0, 59.5)
+    assert s.to_json()["device_elapsed_s"] == 59.5 and s.to_json()["profile_sha256"]
+    with pytest.raises(RecordsError, match="not open"):
+        store.set_session_identity(sid, {"model": "other"})
+    assert store.verify_audit().ok
+
+
+def test_an_interrupted_session_keeps_the_device_reported_elapsed_time(db: Path) -> None:
+    with RecordStore(db) as crashed:
+        sid = open_one(crashed)
+        crashed.add_sample(sid, {"pad_c": 40.0, "elapsed_s": 11.0}, t_s=12.0, delivered_s=12.0)
+        crashed.add_sample(sid, {"pad_c": 40.0, "elapsed_s": 12.5}, t_s=13.0, delivered_s=13.0)
+        crashed.add_sample(sid, {"pad_c": 40.0}, t_s=14.0, delivered_s=14.0)
+    with RecordStore(db) as fresh:
+        (m,) = fresh.mark_interrupted_sessions()
+        assert (m.delivered_s, m.device_elapsed_s) == (14.0, 12.5)
+        assert m.events[-1].detail["device_elapsed_s"] == 12.5
+        assert fresh.verify_audit().ok
+
+
+def test_csv_export_neutralises_formula_cells_but_keeps_numbers(store: RecordStore) -> None:
+    sid = store.open_session(profile="hc-200", port="=1+1", identity={}, operator="@SUM(A1)",
+                             patient="+P-1", prescription={}, planned_s=60.0)
+    store.close_session(sid, "fault", "-2+3|cmd", "\tx", -1.5,
+                        {"delta_c": -0.5, "note": "=HYPERLINK(\"x\")", "r": "\rz"})
+    (row,) = list(csv.DictReader(io.StringIO(store.export("csv"), newline="")))
+    assert (row["port"], row["operator"], row["patient"], row["reason"], row["stop_source"]) \
+        == ("'=1+1", "'@SUM(A1)", "'+P-1", "'-2+3|cmd", "'\tx")
+    assert (row["dose.note"], row["dose.r"]) == ("'=HYPERLINK(\"x\")", "'\rz")
+    assert (row["delivered_s"], row["dose.delta_c"]) == ("-1.5", "-0.5")  # numbers stay numbers
+
+
+def test_safe_cell() -> None:
+    from controller.csv_safe import safe_cell, safe_row
+    assert [safe_cell(v) for v in ("=a", "+a", "-a", "@a", "\ta", "\ra", "a=", "", -3, 2.5,
+                                   None)] == \
+        ["'=a", "'+a", "'-a", "'@a", "'\ta", "'\ra", "a=", "", -3, 2.5, None]
+    assert safe_row({"a": "=x", "b": -1}) == {"a": "'=x", "b": -1}

@@ -99,7 +99,9 @@ def test_export_to_an_unwritable_place(db: Path, tmp_path: Path,
 
 def test_verify_intact_then_broken(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("verify", "--db", str(db)) == 0
-    assert "intact: 4 entries" in capsys.readouterr().out
+    # Two sessions: open, two events and close each.
+    out = capsys.readouterr().out
+    assert "intact: 8 entries" in out and "chain head: 8 entries, sha256 " in out
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("DROP TRIGGER audit_no_update")
     conn.execute("UPDATE audit SET actor = 'mallory' WHERE id = 2")

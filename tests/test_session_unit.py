@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from controller.device_link import ReadBack
 from controller.prescription import build_prescription
 from controller.profile import Profile
 from controller.profile_loader import resolve_profile
@@ -19,6 +20,19 @@ from controller.session import POLL_GUARD_S, Session, poll_guard_s
 from protocols.engine import EventHandler
 from protocols.errors import LinkTimeout
 from protocols.map_common import Scalar
+
+
+def identify_results(profile: Profile) -> dict[str, Scalar]:
+    """What the profile's `identify` expects, plus an identity for every identity key."""
+    out: dict[str, Scalar] = {}
+    for step in profile.operations.defined()["identify"]:
+        out.update(step.expect)
+    if profile.identity is not None:
+        keys = [profile.identity.model, profile.identity.serial, profile.identity.firmware]
+        for key in keys:
+            for k in ([key] if isinstance(key, str) else key):
+                out.setdefault(k, 7)
+    return out
 
 
 class FakeClock:
@@ -52,7 +66,13 @@ class FakeLink:
             self.on, self.started_at = True, self.clock()
         elif op in ("stop", "emergency_stop"):
             self.on = False
-        return {"model": 0x4843} if op == "identify" else {}
+        return identify_results(self.profile) if op == "identify" else {}
+
+    def read_back(self, op: str, variables: Mapping[str, Scalar]) -> dict[str, ReadBack]:
+        # The device holds what was written.
+        return {f"{s.write}.{a}": ReadBack(variables[v[1:]], variables[v[1:]])
+                for s in self.profile.operations.defined().get(op, [])
+                for a, v in s.args.items() if isinstance(v, str) and v.startswith("$")}
 
     def telemetry(self, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
         t = self.clock()
@@ -62,10 +82,18 @@ class FakeLink:
         self.polls.append(t)
         values: dict[str, Scalar] = dict(self.script(t - self.started_at, self.on))
         values["output_on"] = self.on
+        if self.on and "remaining_s" in values:
+            # The device's own timer, armed with timer_s at the start, counts whole seconds.
+            elapsed = int(t - self.started_at)
+            values["elapsed_s"] = elapsed
+            values["remaining_s"] = max(0, int(float(variables["timer_s"])) - elapsed)
         return values
 
     def set_event_handler(self, handler: EventHandler | None) -> None:
         pass
+
+    def set_interrupt(self, check: Any) -> None:
+        self.interrupt = check
 
     def poll_events(self) -> None:
         pass

@@ -777,7 +777,7 @@ protocol:
     go:
       code: 0x34
       request:
-        - {name: seconds, type: u16, min: 1, max: 1800}
+        - {name: seconds, type: u16, unit: s, min: 1, max: 1800}
         - {name: ramp, type: u8, max: 20}
     halt:
       code: 0x35
@@ -788,7 +788,7 @@ protocol:
     dog:
       code: 0x38
       request:
-        - {name: timeout_ds, type: u8, scale: 0.1, allowed: [0], min: 1, max: 20}
+        - {name: timeout_ds, type: u8, scale: 0.1, unit: s, allowed: [0], min: 1, max: 20}
     status:
       code: 0x39
       reply:
@@ -851,6 +851,10 @@ limits:
     pulse_width_us: {min: 50, max: 300}
     amplitude_ma: {min: 0.01, max: 60.0}
     electrode_area_cm2: {min: 1.0, max: 100.0}
+  clinical:                    # the TENS ceilings (controller/ceilings.py) require these
+    frequency_hz: {max: 150}
+  derived: {charge_per_phase_uc: {max: 32.0}, current_density_rms_ma_cm2: {max: 2.0}}
+rules: {ramp_rate_ma_s: 10.0}
 safety:
   watchdog_s: 1.0
   poll_period_s: 0.2

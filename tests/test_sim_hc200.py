@@ -597,6 +597,15 @@ limits:
   absolute:
     duration_s: {min: 1, max: 7000}
     temperature_c: {min: 5.0, max: 45.0}
+  # The thermal ceilings (controller/ceilings.py) require these.
+  clinical: {duration_s: {max: 1800}}
+  regimes:
+    cold:
+      when: {parameter: temperature_c, below: 33.0}
+      clinical: {duration_s: {max: 1200}, temperature_c: {min: 10.0}}
+  derived: {cem43_min: {max: 60.0}}
+  interlocks: {pad_temp_max_c: 45.0}
+rules: {skin_temp_c: 33.0}
 safety:
   watchdog_s: 2.0
   poll_period_s: 0.2

@@ -36,6 +36,9 @@ PLAN_RUNNER_FUNCTION = "run_plan_booking"
 # A plan booking holds its devices for the plan's steps and pauses plus this per step: moving
 # the patient, changing applicators, checking the skin.
 PLAN_STEP_SETUP_S = 2 * 60.0
+# The longest a booking may hold devices: a clinic day. Longer is a typing mistake, and a
+# duration past what a datetime can add (1e14 s) would otherwise overflow the booking's end.
+MAX_BOOKING_S = 12 * 3600.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,6 +104,9 @@ def _add(args: argparse.Namespace) -> int:
     if args.plan is None and args.duration is None:
         raise UsageError("--duration is required when booking a session with --profile")
     duration = parse_duration(args.duration) if args.duration is not None else None
+    if duration is not None and duration > MAX_BOOKING_S:
+        raise UsageError(f"--duration '{args.duration}' is out of range: a booking holds its "
+                         f"devices for at most {clinic_time.show_duration(MAX_BOOKING_S)}")
     config = load_roles()
     operator = config.require("clinician", args.operator, "book a device")
     interval_s = config.clinic.min_interval_hours * 3600
@@ -116,6 +122,11 @@ def _add(args: argparse.Namespace) -> int:
                            f"the plan's own {clinic_time.show_duration(needed)}")
         if duration is None:
             duration = needed + PLAN_STEP_SETUP_S * len(plan.steps)
+        if duration > MAX_BOOKING_S:
+            most = clinic_time.show_duration(MAX_BOOKING_S)
+            return refused(f"the plan holds its devices for "
+                           f"{clinic_time.show_duration(duration)}, more than a booking may "
+                           f"({most})")
     assert duration is not None
     with open_store(args) as store:
         found = rules.booked_devices(store, args.devices, plan)

@@ -48,6 +48,7 @@ from controller.cli.common import (
     UsageError,
     error,
 )
+from controller.numbers import NumberError, parse_integer
 from controller.profile import Profile
 from controller.profile_loader import ProfileError, resolve_profile
 from controller.records import RecordsError, RecordStore, default_db_path
@@ -80,7 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "(default: the device registered on --port)")
     p.add_argument("--readings", metavar="FILE",
                    help="reference readings from a YAML file instead of prompts (unattended)")
-    p.add_argument("--channel", type=int, metavar="N",
+    p.add_argument("--channel", type=_channel, metavar="N",
                    help="multi-channel devices: calibrate only channel N (default: all)")
     p.add_argument("--operator", default="", metavar="NAME",
                    help="the technician (default: the readings file's technician, the roles "
@@ -88,6 +89,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--db", metavar="PATH", help="records database (default: $MODCTL_DB or "
                    "the per-user data directory)")
     p.set_defaults(run=_main)
+
+
+def _channel(text: str) -> int:
+    """A channel number in ASCII digits (int() would also take other scripts' digits)."""
+    try:
+        return parse_integer(text, "--channel")
+    except NumberError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -31,7 +31,8 @@ def add_clinic_options(p: argparse.ArgumentParser, operator: bool = True) -> Non
 
 
 def positive_id(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    # ASCII digits only: str.isdigit() and int() also take other scripts' digits ("٣").
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"'{text}' is not a booking id (a positive number)")
     return int(text)
 

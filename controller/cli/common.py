@@ -13,9 +13,10 @@ from controller.exit_codes import (
     EXIT_STOPPED,
     EXIT_USAGE,
 )
+from controller.patient_rules import PatientIdError, check_patient_id
 
 __all__ = ["EXIT_FAULT", "EXIT_INTERNAL", "EXIT_INVALID", "EXIT_OK", "EXIT_REJECTED",
-           "EXIT_STOPPED", "EXIT_USAGE", "UsageError", "error"]
+           "EXIT_STOPPED", "EXIT_USAGE", "UsageError", "error", "patient_option"]
 
 
 class UsageError(Exception):
@@ -24,3 +25,14 @@ class UsageError(Exception):
 
 def error(message: str) -> None:
     print(f"modctl: {message}", file=sys.stderr)
+
+
+def patient_option(text: str | None, option: str = "--patient") -> str | None:
+    """A `--patient` value for a command that starts an output: the one pseudonymous-id rule
+    (`patient_rules.check_patient_id`), a usage error (exit 2) otherwise; None when not given."""
+    if text is None:
+        return None
+    try:
+        return check_patient_id(text, option)
+    except PatientIdError as exc:
+        raise UsageError(str(exc)) from None

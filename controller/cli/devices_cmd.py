@@ -1,8 +1,12 @@
-"""`modctl devices add | list | remove`: the clinic's registered devices.
+"""`modctl devices add | pin | list | remove`: the clinic's registered devices.
 
 A device is registered once with a name, its profile and its port; bookings, calibrations and
-the calibration check before a session all refer to it by name. Removing a device only marks it
-out of service: it stays in the records and its name is never reused.
+the calibration check before a session all refer to it by name. Registration identifies the
+device over its port and keeps what it reports (model, serial number), the port's real path,
+and the profile file's path and SHA-256: the calibration gate recognises the device by any of
+them, and a changed profile file is refused until a technician registers it again (`pin`).
+Removing a device only marks it out of service: it stays in the records and its name is never
+reused.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 from controller import clinic_time
 from controller.booking_rules import load_profile
+from controller.calibration_gate import real_port
 from controller.cli.clinic_common import (
     add_clinic_options,
     clinic_command,
@@ -19,11 +24,19 @@ from controller.cli.clinic_common import (
     open_store,
     refused,
 )
-from controller.cli.common import EXIT_OK
+from controller.cli.common import EXIT_OK, UsageError
 from controller.clinic_records import DeviceRow
-from controller.profile_loader import shipped_profile_paths
+from controller.device_link import DeviceLink
+from controller.profile import IdentityError, Profile, device_identity
+from controller.profile_loader import (
+    ProfileError,
+    load_profile_file,
+    resolve_profile,
+    shipped_profile_paths,
+)
 from controller.records import RecordStore
 from controller.roles import load_roles
+from protocols.errors import ProtocolError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,9 +52,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="shipped profile id (hc-200, us-300, es-4) or a profile file")
     add.add_argument("--port", required=True, metavar="PORT",
                      help="device path (/dev/ttyUSB0, /dev/serial/by-id/...) or pyserial URL")
-    add.add_argument("--serial", metavar="TEXT", help="the device's serial number (optional)")
+    add.add_argument("--serial", metavar="TEXT",
+                     help="the device's serial number, with --no-probe (otherwise read from "
+                          "the device)")
+    add.add_argument("--no-probe", action="store_true",
+                     help="register without identifying the device now (it is then known by "
+                          "name and port only, not by its serial number)")
     add_clinic_options(add)
     add.set_defaults(run=clinic_command(_add))
+    pin = ds.add_parser("pin", help="register a device again after its profile file or port "
+                                    "changed (technician)",
+                        description="Identify the device again and pin its profile file as it "
+                                    "is now (path and SHA-256). Needed after a technician "
+                                    "checked a changed profile file.")
+    pin.add_argument("name", metavar="NAME", help="a registered device")
+    pin.add_argument("--port", metavar="PORT", help="its port now (default: as registered)")
+    pin.add_argument("--no-probe", action="store_true",
+                     help="do not identify the device (keep the identity registered before)")
+    add_clinic_options(pin)
+    pin.set_defaults(run=clinic_command(_pin))
     ls = ds.add_parser("list", help="registered devices and their calibration state",
                        description="Registered devices with their calibration state today.")
     ls.add_argument("--all", action="store_true", help="include removed devices")
@@ -58,19 +87,80 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _add(args: argparse.Namespace) -> int:
     operator = load_roles().require("technician", args.operator, "register a device")
-    profile = load_profile(args.profile)
-    if isinstance(profile, str):
-        return refused(f"--profile: {profile}")
+    try:
+        loaded = resolve_profile(args.profile)
+    except ProfileError as exc:
+        return refused(f"--profile: profile {args.profile}: {'; '.join(exc.problems)}")
+    profile = loaded.profile
+    if args.serial and not args.no_probe:
+        raise UsageError("--serial goes with --no-probe: otherwise the device reports it")
+    port = args.port.strip()
+    identity = {"model": None, "serial": (args.serial or "").strip() or None}
+    if not args.no_probe:
+        found = probe(loaded.profile, port)
+        if isinstance(found, str):
+            return refused(found)
+        identity = {"model": found["model"], "serial": found["serial"]}
     # A shipped profile is kept by id; a file by its absolute path, so any directory works.
     ref = (profile.id if args.profile in shipped_profile_paths()
            else str(Path(args.profile).resolve()))
     with open_store(args) as store:
-        device = store.add_device(args.name, ref, args.port.strip(), operator,
-                                  serial=(args.serial or "").strip() or None)
+        device = store.add_device(args.name, ref, port, operator,
+                                  serial=identity["serial"], model=identity["model"],
+                                  profile_path=loaded.source_path, profile_sha256=loaded.sha256,
+                                  port_real=real_port(port))
         state = _calibration(store, device)
-    print(f"registered {device.name}: {profile.id} ({profile.vendor} {profile.model}) on "
-          f"{device.port}; calibration: {state}")
+    who = f"serial {device.serial}" if device.serial else "identity not checked"
+    print(f"registered {device.name}: {profile.id} ({profile.vendor} {profile.model}, {who}) "
+          f"on {device.port}; profile file {loaded.source_path} (SHA-256 "
+          f"{loaded.sha256[:12]}...); calibration: {state}")
     return EXIT_OK
+
+
+def _pin(args: argparse.Namespace) -> int:
+    operator = load_roles().require("technician", args.operator, "register a device again")
+    with open_store(args, create=False) as store:
+        device = store.device(args.name)
+        if device is None or device.removed:
+            return refused(f"device '{args.name}' is not registered"
+                           + (" (removed)" if device is not None else ""))
+        try:
+            loaded = (load_profile_file(device.profile_path)
+                      if device.profile_path and Path(device.profile_path).is_file()
+                      else resolve_profile(device.profile))
+        except ProfileError as exc:
+            return refused(f"profile {device.profile}: {'; '.join(exc.problems)}")
+        port = (args.port or device.port).strip()
+        model, serial = device.model, device.serial
+        if not args.no_probe:
+            found = probe(loaded.profile, port)
+            if isinstance(found, str):
+                return refused(found)
+            model, serial = found["model"], found["serial"]
+        pinned = store.pin_device(args.name, profile=device.profile,
+                                  profile_path=loaded.source_path,
+                                  profile_sha256=loaded.sha256, serial=serial, model=model,
+                                  port=port, port_real=real_port(port), actor=operator)
+    print(f"pinned {pinned.name}: profile file {loaded.source_path} (SHA-256 "
+          f"{loaded.sha256[:12]}...), serial {pinned.serial or 'not checked'}, on {pinned.port}")
+    return EXIT_OK
+
+
+def probe(profile: Profile, port: str) -> dict[str, str] | str:
+    """Identify the device on `port` without switching anything on: its identity, or why not.
+
+    Only the profile's `identify` operation runs (reads)."""
+    try:
+        link = DeviceLink.open(profile, port)
+    except ProtocolError as exc:
+        return f"cannot open {port}: {exc}"
+    try:
+        return device_identity(profile, link.run("identify", {}))
+    except (ProtocolError, IdentityError) as exc:
+        return (f"the device on {port} did not identify as a {profile.model}: {exc} (connect "
+                "it and try again, or register it with --no-probe)")
+    finally:
+        link.close()
 
 
 def _list(args: argparse.Namespace) -> int:

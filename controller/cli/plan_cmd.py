@@ -6,11 +6,21 @@ import argparse
 import os
 import sys
 import textwrap
+from datetime import timedelta
 
 from controller import clinic_time
 from controller.calibration_gate import check_calibration
-from controller.cli.common import EXIT_INVALID, EXIT_OK, EXIT_REJECTED, UsageError, error
+from controller.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_REJECTED,
+    UsageError,
+    error,
+    patient_option,
+)
 from controller.cli.session_cmd import add_record_options
+from controller.dose_budget import plan_budget_problems
+from controller.patient_rules import interval_conflict
 from controller.plan import (
     EXAMPLE_WARNING,
     Plan,
@@ -21,7 +31,7 @@ from controller.plan import (
     load_plan_file,
     preset_paths,
 )
-from controller.plan_runner import DeviceCheck, run_plan_ref
+from controller.plan_runner import DeviceCheck, PlanCheck, run_plan_ref
 from controller.profile import Profile
 from controller.records import RecordsError, RecordStore, default_db_path
 from controller.roles import RoleRefused, RolesConfig, RolesError, load_roles
@@ -43,9 +53,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show.add_argument("plan", metavar="PLAN", help="preset name or YAML path")
     show.set_defaults(run=_show)
     val = ps.add_parser("validate", help="check plans against their profiles' limits",
-                        description="Validate plans: format, and every step against its "
-                                    "device profile's limits. Exit 0 when all are valid, 1 "
-                                    "otherwise, with every problem listed.")
+                        description="Validate plans: format, every step against its "
+                                    "device profile's limits, and the summed dose of each "
+                                    "modality's steps against one session's budget (doses that "
+                                    "need a device fact, the ultrasound energy, are summed at "
+                                    "`plan run`). Exit 0 when all are valid, 1 otherwise, with "
+                                    "every problem listed.")
     val.add_argument("plans", metavar="PLAN", nargs="+")
     val.set_defaults(run=_validate)
     run = ps.add_parser(
@@ -55,8 +68,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "start it, pause, skip it or stop the plan (or give --yes to run "
                     "straight through, waiting out the planned pauses). Ctrl-C during a "
                     "step stops that step and the plan. Exit status: 0 every step completed "
-                    "(or skipped by the operator), 2 usage error, 3 refused before anything "
-                    "started (a limit, a device, its calibration, the clinician role), 4 "
+                    "(or skipped by the operator), 2 usage error (a --patient that is not a "
+                    "pseudonymous id included), 3 refused before anything started (a limit, "
+                    "the summed dose of a modality's steps, a device, its calibration, the "
+                    "clinician role, the patient's minimum interval), 4 "
                     "stopped by the operator or the patient, 5 a fault.")
     run.add_argument("plan", metavar="PLAN", help="preset name or YAML path")
     run.add_argument("--device", dest="devices", action="append", default=[],
@@ -162,12 +177,18 @@ def _validate(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             status = EXIT_INVALID
             continue
+        over = plan_budget_problems(plan)
+        if over:
+            print("\n".join(f"{plan.source}: {p}" for p in over), file=sys.stderr)
+            status = EXIT_INVALID
+            continue
         kind = ", an example for a clinician to review" if plan.example else ""
         print(f"{ref}: ok ('{plan.name}', {len(plan.steps)} steps, {_total(plan)}{kind})")
     return status
 
 
 def _run(args: argparse.Namespace) -> int:
+    patient = patient_option(args.patient)  # a usage error, before anything is opened
     ports = parse_devices(args.devices)
     interactive = not args.yes
     if interactive and not sys.stdin.isatty():
@@ -189,10 +210,11 @@ def _run(args: argparse.Namespace) -> int:
             error(f"note: session {row.id} was left open by a crash; marked interrupted "
                   f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
         report = run_plan_ref(args.plan, ports, store, operator=operator,
-                              patient=args.patient, interactive=interactive,
+                              patient=patient, interactive=interactive,
                               live=sys.stdout.isatty() and not args.json,
                               out=sys.stderr if args.json else sys.stdout,
-                              device_check=_calibration_gate(store, config))
+                              device_check=_calibration_gate(store, config),
+                              plan_check=_interval_gate(store, config, patient))
     _print_json(report, args.json)
     return report.exit_status
 
@@ -202,6 +224,26 @@ def _calibration_gate(store: RecordStore, config: RolesConfig) -> DeviceCheck:
     def check(role: str, profile: Profile, port: str) -> str | None:
         return check_calibration(store, profile, port, clinic_time.now(),
                                  require_registered=config.clinic.require_registered_devices)
+    return check
+
+
+def _interval_gate(store: RecordStore, config: RolesConfig,
+                   patient: str | None) -> PlanCheck | None:
+    """The patient's minimum interval, per modality of the plan, checked once before the first
+    step (patient_rules): the plan's steps are one treatment and never block each other."""
+    if patient is None:
+        return None
+
+    def check(plan: Plan) -> list[str]:
+        now = clinic_time.now()
+        end = now + timedelta(seconds=plan.treatment_s() + plan.pauses_s())
+        reasons: list[str] = []
+        for modality in dict.fromkeys(p.modality for p in plan.profiles.values()):
+            conflict = interval_conflict(store, patient, modality, now, end,
+                                         config.clinic.min_interval_hours * 3600)
+            if conflict:
+                reasons.append(conflict)
+        return reasons
     return check
 
 

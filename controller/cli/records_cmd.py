@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -54,11 +55,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                           "history with totals per modality")
     exp.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     exp.set_defaults(run=_command(_export))
-    ver = rs.add_parser("verify", parents=[db], help="check the audit trail's hash chain",
-                        description="Check the audit trail's hash chain: exit 0 when intact, "
-                                    "1 naming the first broken entry.")
+    ver = rs.add_parser("verify", parents=[db],
+                        help="check the records against the audit trail's hash chain",
+                        description="Check the audit trail's hash chain and every session, "
+                                    "event, telemetry batch, calibration, device and booking "
+                                    "against the content hash it recorded. Prints the chain "
+                                    "head (keep it elsewhere); exit 0 when intact, 1 naming "
+                                    "the first problem.")
+    ver.add_argument("--expect-head", metavar="HASH", type=_head_hash,
+                     help="a chain head written down earlier (printed by an earlier "
+                          "verify): fail unless it is still in the chain, so a chain "
+                          "rewritten or cut since then is caught")
     ver.set_defaults(run=_command(_verify))
     history_cmd.register(rs, [db], _command)
+
+
+def _head_hash(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a chain head (64 hexadecimal digits, "
+                                         "as printed by records verify)")
+    return text.lower()
 
 
 def _positive_int(text: str) -> int:
@@ -113,7 +129,10 @@ def _print_session(s: SessionRow) -> None:
         ("identity", _compact(s.identity)), ("operator", s.operator),
         ("patient", s.patient or "-"), ("status", s.status), ("outcome", s.outcome or "-"),
         ("reason", s.reason or "-"), ("stop source", s.stop_source or "-"),
+        ("profile file", f"{s.profile_path} (sha256 {s.profile_sha256})"
+         if s.profile_path else "-"),
         ("planned", _secs(s.planned_s)), ("delivered", _secs(s.delivered_s)),
+        ("device elapsed", _secs(s.device_elapsed_s)),
         ("started", s.started_at), ("ended", s.ended_at or "-"),
         ("prescription", _compact(s.prescription)),
         ("dose", "-" if s.dose is None else _compact(s.dose))]
@@ -144,12 +163,16 @@ def _export(store: RecordStore, args: argparse.Namespace) -> int:
 
 
 def _verify(store: RecordStore, args: argparse.Namespace) -> int:
-    result = store.verify_audit()
+    result = store.verify_audit(expect_head=args.expect_head)
+    print(f"chain head: {result.entries} entries, sha256 {result.head_hash}")
     if result.ok:
-        print(f"audit trail intact: {result.entries} entries, head {result.head_hash}")
+        print(f"audit trail intact: {result.entries} entries, every record matches its entry")
         return EXIT_OK
-    error(f"audit trail broken at entry {result.broken_id}: {result.reason} "
-          f"({result.entries} entries before it are intact)")
+    if result.broken_id is not None:
+        error(f"audit trail broken at entry {result.broken_id}: {result.reason} "
+              f"({result.entries} entries before it are intact)")
+    else:
+        error(f"records do not match the audit trail: {result.reason}")
     return EXIT_RECORDS
 
 

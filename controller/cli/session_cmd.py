@@ -6,13 +6,16 @@ import argparse
 import os
 import signal
 import sys
-from datetime import UTC, datetime
+from contextlib import suppress
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from controller.calibration_gate import check_calibration
-from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error
+from controller import clinic_time
+from controller.calibration_gate import check_calibration, identity_gate
+from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error, patient_option
 from controller.cli.live_display import LiveDisplay
+from controller.patient_rules import interval_conflict
 from controller.prescription import (
     DurationError,
     PrescriptionRejected,
@@ -22,7 +25,7 @@ from controller.prescription import (
     parse_settings,
 )
 from controller.profile import Profile
-from controller.profile_loader import ProfileError, resolve_profile
+from controller.profile_loader import ProfileError, profile_file, resolve_profile
 from controller.records import RecordsError, RecordStore, default_db_path
 from controller.roles import RoleRefused, RolesError, load_roles
 from controller.scheduling import every, make_scheduler
@@ -42,8 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "run", help="run one timed session (blocks until it ends)",
         description="Run one timed session. Ctrl-C or SIGTERM stops it in a controlled "
                     "way; a second Ctrl-C or Ctrl-\\ is an emergency stop. Exit status: 0 "
-                    "completed, 2 usage error, 3 rejected before any output, 4 stopped by "
-                    "the operator or the patient, 5 ended by a fault or interlock.")
+                    "completed, 2 usage error (a --patient that is not a pseudonymous id "
+                    "included), 3 rejected before any output (a limit, the calibration gate, "
+                    "the patient's minimum interval), 4 stopped by the operator or the "
+                    "patient, 5 ended by a fault or interlock.")
     run.add_argument("profile", metavar="PROFILE", help="shipped profile id or YAML path")
     run.add_argument("--port", required=True, metavar="PORT",
                      help="device path (/dev/ttyUSB0, /dev/pts/5) or pyserial URL")
@@ -65,7 +70,9 @@ def add_record_options(p: argparse.ArgumentParser) -> None:
                    "the per-user data directory)")
     p.add_argument("--operator", default="", metavar="NAME", help="who runs the session")
     p.add_argument("--patient", default=None, metavar="ID",
-                   help="pseudonymous patient id (never a name)")
+                   help="pseudonymous patient id (like P-0042, never a name); with it the "
+                        "clinic's minimum interval between two treatments of one modality "
+                        "is enforced")
 
 
 def load_for_session(ref: str) -> Profile:
@@ -76,6 +83,8 @@ def load_for_session(ref: str) -> Profile:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The patient id rule first: a usage error, before anything is opened (docs/sessions.md).
+    patient = patient_option(args.patient)
     try:  # roles (docs/bookings.md): a session needs the clinician role
         roles = load_roles()
         operator = roles.require("clinician", args.operator, "run a session")
@@ -108,28 +117,51 @@ def _run(args: argparse.Namespace) -> int:
             error(f"note: session {row.id} was left open by a crash; marked interrupted "
                   f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
         # DESIGN §2.1: never an output on a device whose calibration is overdue.
+        now = clinic_time.now()
         refusal = check_calibration(
-            store, profile, args.port, datetime.now(UTC),
+            store, profile, args.port, now,
             require_registered=roles.clinic.require_registered_devices)
+        if refusal is None and patient is not None:
+            # One rule for every route (patient_rules): the same interval bookings enforce.
+            refusal = interval_conflict(store, patient, profile.modality, now,
+                                        now + timedelta(seconds=rx.duration_s),
+                                        roles.clinic.min_interval_hours * 3600)
         if refusal is not None:
             error(f"rejected: {refusal}")
             if args.json:
                 print(_refusal_json(profile, settings, duration, refusal))
             return EXIT_REJECTED
-        report = run_session(profile, rx, args.port, store, operator, args.patient,
+        report = run_session(profile, rx, args.port, store, operator, patient,
                              live=sys.stdout.isatty() and not args.json,
-                             clear_fault=args.clear_fault)
+                             clear_fault=args.clear_fault,
+                             require_registered=roles.clinic.require_registered_devices)
     print_report(report, args.json)
     return report.exit_status
 
 
 def run_session(profile: Profile, rx: Any, port: str, store: RecordStore | None,
                 operator: str, patient: str | None, live: bool,
-                clear_fault: bool = False) -> SessionReport:
-    """Run a session on a worker thread; signals post stop requests to it."""
-    display = LiveDisplay(profile.modality, profile.id) if live else None
+                clear_fault: bool = False, *,
+                require_registered: bool | None = None) -> SessionReport:
+    """Run a session on a worker thread; signals post stop requests to it.
+
+    Nothing on this (main) thread may end the session early or leave it running unattended:
+    a display that cannot be written (closed terminal, `| head`) is dropped, and any other
+    exception here stops the session as a fault and waits for it before going on (the worker
+    is a daemon thread: the process must not exit under it).
+    """
+    display = LiveDisplay(profile.modality, profile.id, sys.stdout) if live else None
+    gate = None
+    if store is not None:
+        # The calibration gate again, by the identity the device reports (any port spelling).
+        if require_registered is None:
+            require_registered = load_roles().clinic.require_registered_devices
+        gate = identity_gate(store, profile, port, clinic_time.now(),
+                             require_registered=require_registered)
+    path, sha256 = profile_file(profile)
     session = Session(profile, rx, port, store=store, operator=operator, patient=patient,
-                      clear_fault=clear_fault)
+                      clear_fault=clear_fault, on_identified=gate, profile_path=path,
+                      profile_sha256=sha256)
     stops = {"count": 0}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -144,21 +176,43 @@ def run_session(profile: Profile, rx: Any, port: str, store: RecordStore | None,
     scheduler = make_scheduler()
     every(scheduler, profile.safety.poll_period_s, session.wake, "session wake-up")
     if store is not None:
-        every(scheduler, FLUSH_PERIOD_S, store.flush, "records flush")
+        # A failed flush keeps its batch and tells the session (a records fault); the job
+        # itself never raises (APScheduler would print a traceback).
+        every(scheduler, FLUSH_PERIOD_S, store.flush_quietly, "records flush")
     scheduler.start()
     try:
         session.start()
-        while session.wait(DISPLAY_PERIOD_S) is None:
-            if display is not None:
-                display.show(session.snapshot())
+        try:
+            while session.wait(DISPLAY_PERIOD_S) is None:
+                if display is not None and not _show(display, session.snapshot()):
+                    display = None
+        except BaseException as exc:
+            session.request_stop("fault", reason=f"modctl failed while the session ran: "
+                                 f"{type(exc).__name__}: {exc}")
+            session.wait()
+            raise
     finally:
         scheduler.shutdown(wait=False)
         for s, handler in previous.items():
             signal.signal(s, handler)
         if display is not None:
-            display.close()
+            _close(display)
     assert session.report is not None
     return session.report
+
+
+def _show(display: LiveDisplay, snapshot: dict[str, Any]) -> bool:
+    """False when the display can no longer be written (the session goes on without it)."""
+    try:
+        display.show(snapshot)
+    except (OSError, ValueError):  # EPIPE, EIO of a closed terminal, a closed file
+        return False
+    return True
+
+
+def _close(display: LiveDisplay) -> None:
+    with suppress(OSError, ValueError):
+        display.close()
 
 
 def print_report(report: SessionReport, as_json: bool) -> None:
