@@ -46,6 +46,15 @@ class DoseMeter(Protocol):
     def check(self, telemetry: Mapping[str, object]) -> str | None:
         """A reason to end the session as an interlock, or None."""
 
+    def output_started(self, t_monotonic: float) -> None:
+        """The output was switched on at this monotonic time (controller.dose_timing)."""
+
+    def planned_end(self, t_start: float, planned_s: float, now: float) -> float:
+        """When the output should end, on the monotonic clock."""
+
+    def delivered_s(self, t_start: float, end: float) -> float:
+        """Treatment time between the start and `end`."""
+
 
 @dataclass(frozen=True)
 class Derived:

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import NoReturn
 
+from controller.dose_timing import ContinuousTiming
+
 US_PER_S = 1e6
 # mA × µs = nC; a thousand nC per µC.
 NC_PER_UC = 1000.0
@@ -129,7 +131,7 @@ class NoRestore:
                              "action: build a fresh prescription and start again")
 
 
-class TensDoseMeter:
+class TensDoseMeter(ContinuousTiming):
     """The TENS session's DoseMeter: stimulation time, peak amplitude and density.
 
     Stimulation time counts intervals while the channel state is one of

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from controller.dose_timing import ContinuousTiming
+
 # CEM43 (Sapareto & Dewey 1984): minutes at 43 degC equivalent to an exposure.
 CEM43_REFERENCE_C = 43.0
 # R halves the dose per degree above the breakpoint, quarters it below.
@@ -82,7 +84,7 @@ class Cem43Accumulator:
         self._last = (t_s, temp_c)
 
 
-class ThermalDoseMeter:
+class ThermalDoseMeter(ContinuousTiming):
     """The thermal session's DoseMeter: CEM43, pad interlocks, dose budget."""
 
     def __init__(self, *, pad_temp_max_c: float | None, pad_temp_min_c: float | None,

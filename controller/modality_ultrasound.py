@@ -177,6 +177,17 @@ class UltrasoundDoseMeter:
             self.max_applicator_temp_c = temp if self.max_applicator_temp_c is None \
                 else max(self.max_applicator_temp_c, temp)
 
+    # -- timing: only coupled time counts, and the end moves by the hold -----------------
+    def output_started(self, t_monotonic: float) -> None:
+        self.hold.start(t_monotonic)
+
+    def planned_end(self, t_start: float, planned_s: float, now: float) -> float:
+        return self.hold.end_time(now) if self.hold.started else t_start + planned_s
+
+    def delivered_s(self, t_start: float, end: float) -> float:
+        total = max(0.0, end - t_start)
+        return min(total, self.hold.treatment_s(end)) if self.hold.started else total
+
     def figures(self) -> dict[str, float]:
         treatment = self.hold.treatment_s(self._last[0] if self._last else None) \
             if self.hold.started else 0.0

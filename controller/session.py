@@ -24,7 +24,6 @@ from controller import session_backstops as backstops
 from controller import session_checks as checks
 from controller.device_link import DeviceLink
 from controller.modality import FACT_ERA, DoseMeter, modality_for
-from controller.modality_ultrasound import UltrasoundDoseMeter
 from controller.prescription import Prescription, PrescriptionRejected, apply_device_facts
 from controller.profile import IdentityError, Profile, device_identity
 from controller.records import RecordsError, RecordStore
@@ -315,8 +314,8 @@ class Session:
         except DeviceRefused as exc:
             raise _StopWith(self._why_refused(exc)) from None
         self._last_ok = self.clock()
-        if isinstance(self.meter, UltrasoundDoseMeter):
-            self.meter.hold.start(self.t_start)
+        if self.meter is not None:
+            self.meter.output_started(self.t_start)
         self.state.fire("output_started")
         self._event("command", {"op": "start", "planned_s": self.rx.duration_s})
 
@@ -664,9 +663,9 @@ class Session:
     # -- bookkeeping ----------------------------------------------------------------------
     def _planned_end(self) -> float:
         assert self.t_start is not None
-        if isinstance(self.meter, UltrasoundDoseMeter) and self.meter.hold.started:
-            return self.meter.hold.end_time(self.clock())
-        return self.t_start + self.rx.duration_s
+        if self.meter is None:
+            return self.t_start + self.rx.duration_s
+        return self.meter.planned_end(self.t_start, self.rx.duration_s, self.clock())
 
     @property
     def _stop_ramps(self) -> bool:
@@ -677,10 +676,9 @@ class Session:
         if self.t_start is None:
             return 0.0
         end = self.t_off if self.t_off is not None else now
-        total = max(0.0, end - self.t_start)
-        if isinstance(self.meter, UltrasoundDoseMeter):
-            return min(total, self.meter.hold.treatment_s(end))
-        return total
+        if self.meter is None:
+            return max(0.0, end - self.t_start)
+        return self.meter.delivered_s(self.t_start, end)
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
