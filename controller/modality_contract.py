@@ -49,6 +49,26 @@ SECONDS_UNIT = "s"
 RUNTIME_TELEMETRY: frozenset[str] = frozenset({"remaining_s", "elapsed_s"})
 
 
+# -- telemetry the safety checks read (controller/session_checks.py, the dose meters) ------
+# The telemetry that carries the device's fault code; its meanings are the profile's
+# `faults` table for it, never code.
+FAULT_CODE_TELEMETRY = "fault_code"
+# Read as numbers by a check: text here would be no number at all (and once read as 0,
+# which switched fault reporting off). Unmapped, the source must be a numeric field; mapped,
+# every value of the map must be a number.
+NUMERIC_CHECKED_TELEMETRY: frozenset[str] = frozenset({
+    "fault_code", "temperature_c", "setpoint_c", "applicator_temp_c", "contact_pct",
+    "impedance_ohm", "amplitude_ma", "elapsed_s", "remaining_s", "power_w",
+    "intensity_w_cm2", "era_cm2",
+})
+# Read as yes/no by a check: a flag (bit), a number (non-zero is yes), or mapped to
+# true/false.
+FLAG_CHECKED_TELEMETRY: frozenset[str] = frozenset({
+    "output_on", "pad_connected", "watchdog_expired", "timer_expired", "trip_high",
+    "trip_low", "estop_latched", "patient_stop",
+})
+
+
 @dataclass(frozen=True)
 class ModalityContract:
     parameters: frozenset[str]

@@ -6,8 +6,9 @@ as its profile's model, reports no latched fault and supplies the facts the
 remaining limits need (the ultrasound ERA). Any problem refuses the whole plan
 with every reason listed, and no output is ever commanded.
 
-Then the steps run in order, each a real `Session` through `run_session`
-(records, signals, live display). Before each step an interactive operator may
+Then the steps run in order, each a real `Session` through the step runner the
+caller gives (the CLI's handles signals and the live display; the default is the
+session-start service's plain runner). Before each step an interactive operator may
 start it, pause, skip it or stop the plan; `pause_after` is always waited. A
 step that does not complete stops the plan: later steps are never started,
 finished ones stay recorded. `plan.start` and `plan.end` go to the audit trail.
@@ -27,7 +28,6 @@ from types import FrameType
 from typing import Protocol, TextIO
 
 from controller import session_checks
-from controller.cli.session_cmd import run_session
 from controller.device_link import DeviceLink
 from controller.dose_budget import budget_problems
 from controller.modality import FACT_ERA
@@ -46,6 +46,7 @@ from controller.profile import Profile
 from controller.profile_loader import ProfileError, resolve_profile
 from controller.records import RecordsError, RecordStore
 from controller.session import Session
+from controller.session_start import SessionStarter, StepRunner
 from protocols.errors import ProtocolError
 
 Ask = Callable[[str], str]
@@ -72,7 +73,7 @@ class _Stop(Exception):
 
 
 def run_plan(plan: Plan, ports: Mapping[str, str], store: RecordStore | None, operator: str,
-             patient: str | None, interactive: bool, *, live: bool = False,
+             patient: str | None, interactive: bool, *, run_step: StepRunner | None = None,
              ask: Ask = input, out: TextIO | None = None, sleep: Sleep = time.sleep,
              booking_id: str | None = None, device_check: DeviceCheck | None = None,
              link_factory: LinkFactory = DeviceLink.open,
@@ -80,19 +81,22 @@ def run_plan(plan: Plan, ports: Mapping[str, str], store: RecordStore | None, op
     """Run `plan` with each device role on `ports[role]`; never raises for a plan problem.
 
     `interactive`: ask before each step (with `ask`, `input` by default); otherwise run
-    straight through. `live`: the one-line session display (terminals only). Progress
+    straight through. `run_step` runs each step's session (default: the session-start
+    service's plain runner on `store`). Progress
     goes to `out` (stdout by default). `device_check` refuses a device before the plan
     starts (the calibration gate); `plan_check` refuses the plan for the patient (the minimum
     interval, `patient_rules`). Call from the main thread (signal handlers).
     """
     return _PlanRun(plan.name, plan.source, plan.example, store, operator, patient,
                     booking_id, out or sys.stdout).run(
-        plan, ports, interactive, live, ask, sleep, device_check, link_factory, plan_check)
+        plan, ports, interactive, run_step or SessionStarter(store).run, ask, sleep,
+        device_check, link_factory, plan_check)
 
 
 def run_plan_ref(plan_ref: str, ports: Mapping[str, str], store: RecordStore | None, *,
                  operator: str, patient: str | None, interactive: bool,
-                 booking_id: str | None = None, live: bool = False, ask: Ask = input,
+                 booking_id: str | None = None, run_step: StepRunner | None = None,
+                 ask: Ask = input,
                  out: TextIO | None = None, sleep: Sleep = time.sleep,
                  device_check: DeviceCheck | None = None,
                  plan_check: PlanCheck | None = None) -> PlanReport:
@@ -108,7 +112,8 @@ def run_plan_ref(plan_ref: str, ports: Mapping[str, str], store: RecordStore | N
     except PlanError as exc:
         return _PlanRun(plan_ref, exc.path, False, store, operator, patient, booking_id,
                         stream).refuse(exc.problems)
-    return run_plan(plan, ports, store, operator, patient, interactive, live=live, ask=ask,
+    return run_plan(plan, ports, store, operator, patient, interactive, run_step=run_step,
+                    ask=ask,
                     out=stream, sleep=sleep, booking_id=booking_id, device_check=device_check,
                     plan_check=plan_check)
 
@@ -136,7 +141,8 @@ class DeviceLike(Protocol):
 
 
 def run_plan_booking(*, store: RecordStore, booking: BookingLike, device: DeviceLike | None,
-                     operator: str, live: bool = False, as_json: bool = False,
+                     operator: str, run_step: StepRunner | None = None,
+                     as_json: bool = False,
                      devices: Sequence[DeviceLike] = (), interactive: bool | None = None,
                      ask: Ask = input, out: TextIO | None = None, sleep: Sleep = time.sleep,
                      device_check: DeviceCheck | None = None) -> tuple[int, list[str]]:
@@ -171,7 +177,7 @@ def run_plan_booking(*, store: RecordStore, booking: BookingLike, device: Device
                               booking.patient, booking_id, stream).refuse(exc.problems)
         else:
             report = run_plan(plan, ports, store, operator, booking.patient, ask_each,
-                              live=live, ask=ask, out=stream, sleep=sleep,
+                              run_step=run_step, ask=ask, out=stream, sleep=sleep,
                               booking_id=booking_id, device_check=device_check)
     if as_json:
         with suppress(BrokenPipeError):
@@ -319,7 +325,8 @@ class _PlanRun:
         self._raise_on_signal = False
 
     # -- the run --------------------------------------------------------------------------
-    def run(self, plan: Plan, ports: Mapping[str, str], interactive: bool, live: bool,
+    def run(self, plan: Plan, ports: Mapping[str, str], interactive: bool,
+            run_step: StepRunner,
             ask: Ask, sleep: Sleep, device_check: DeviceCheck | None,
             link_factory: LinkFactory, plan_check: PlanCheck | None = None) -> PlanReport:
         self.report.steps = [StepResult.planned(s, ports.get(s.role, "")) for s in plan.steps]
@@ -330,13 +337,14 @@ class _PlanRun:
             return self.report
         with self._stop_signals():
             try:
-                self._run(plan, ports, interactive, live, ask, sleep, device_check,
+                self._run(plan, ports, interactive, run_step, ask, sleep, device_check,
                           link_factory, plan_check)
             except _Stop as exc:
                 self._end("stopped", f"plan stopped by the operator {exc}")
         return self._finish()
 
-    def _run(self, plan: Plan, ports: Mapping[str, str], interactive: bool, live: bool,
+    def _run(self, plan: Plan, ports: Mapping[str, str], interactive: bool,
+             run_step: StepRunner,
              ask: Ask, sleep: Sleep, device_check: DeviceCheck | None,
              link_factory: LinkFactory, plan_check: PlanCheck | None) -> None:
         self._say(f"plan '{plan.name}': checking {len(plan.steps)} steps and "
@@ -360,8 +368,8 @@ class _PlanRun:
                 self._say(f"  step {step.index} skipped")
                 continue
             self._check_signal()
-            session = run_session(step.profile, rxs[step.index], ports[step.role], self.store,
-                                  self.report.operator, self.report.patient, live)
+            session = run_step(step.profile, rxs[step.index], ports[step.role],
+                               self.report.operator, self.report.patient)
             result.take(session)
             self._say(f"  step {step.index} {result.outcome}: {result.reason} (delivered "
                       f"{result.delivered_s:.1f} of {result.planned_s:g} s, session "

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from protocols.map_common import Identifier, Scalar, StrictModel
+from protocols.map_common import FaultClass, Identifier, Scalar, StrictModel
 from protocols.transport import SerialSettings
 
 # The device watchdog bounds how long an output can outlive a dead controller.
@@ -250,6 +250,22 @@ class Identity(StrictModel):
             value = getattr(self, name)
             out += [(name, k) for k in ([value] if isinstance(value, str) else value)]
         return out
+
+
+class FaultCode(StrictModel):
+    """What one value of a fault-code telemetry means: words for the operator, and the
+    class that decides the session's outcome and stop source."""
+
+    label: str = Field(min_length=1)
+    """As the manual words it: "applicator over-temperature"."""
+    class_: FaultClass = Field(alias="class")
+    name: Identifier | None = None
+    """What the fault is, in the modality's words (`over_temperature`, `watchdog_expired`):
+    the simulator reports this code for that fault (docs/simulator.md)."""
+
+
+# Fault codes of one telemetry value, by code.
+FaultTable = Annotated[dict[int, FaultCode], Field(min_length=1)]
 
 
 CALIBRATION_READINGS = frozenset({"cal_gain", "cal_offset", "cal_date", "cal_measured"})

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from controller import clinic_time
-from controller.cli import session_cmd
 from controller.records import RecordStore
 from tests.conftest import SimFactory
 from tests.test_devices_cli import NOW, ROLES, audit, calibrate, clinic, modctl
@@ -306,10 +305,6 @@ def test_book_start_of_a_plan_booking_runs_the_plan(
     assert booking.devices == {"heat": "heat-1", "tens": "tens-1"}
 
 
-GATED = "check_calibration" in Path(session_cmd.__file__).read_text()
-
-
-@pytest.mark.skipif(not GATED, reason="session run does not call the calibration gate yet")
 def test_session_run_on_a_device_with_overdue_calibration_exits_3(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_device: SimFactory,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,9 +23,11 @@ import pytest
 from controller import roles
 from controller.cli import main as cli_main
 from controller.cli import plan_cmd
+from controller.cli.session_cmd import terminal_runner
 from controller.plan import Plan, PlanError, PlanReport, load_plan
 from controller.plan_runner import match_devices, run_plan, run_plan_booking
 from controller.records import RecordStore
+from controller.session_start import SessionStarter
 from simulator.server import SimulatedDevice
 from tests.conftest import SimFactory
 from tests.session_helpers import history
@@ -84,6 +86,8 @@ def go(plan: Plan, devices: dict[str, SimulatedDevice], store: RecordStore | Non
        **kw: Any) -> PlanReport:
     ports = kw.pop("ports", None) or {r: devices[r].port for r in plan.profiles}
     kw.setdefault("interactive", False)
+    # What `modctl plan run` passes: each step on the terminal runner (signals stop it).
+    kw.setdefault("run_step", terminal_runner(SessionStarter(store), live=False))
     return run_plan(plan, ports, store, "tester", "P-001", **kw)
 
 

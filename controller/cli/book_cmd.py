@@ -7,9 +7,7 @@ the patient, after checking everything again at that moment. Rules: docs/booking
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable
 from datetime import timedelta
 
 from controller import booking_rules as rules
@@ -24,15 +22,20 @@ from controller.cli.clinic_common import (
     refused,
 )
 from controller.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_REJECTED, UsageError, error
-from controller.cli.session_cmd import print_report, run_session
+from controller.cli.session_cmd import (
+    clinic_rules,
+    note_interrupted,
+    print_report,
+    run_session,
+    terminal_runner,
+)
 from controller.clinic_records import BookingRow
 from controller.plan import Plan
+from controller.plan_runner import run_plan_booking
 from controller.prescription import parse_duration, parse_settings
-from controller.records import RecordStore
 from controller.roles import load_roles
+from controller.session_start import SessionStarter
 
-PLAN_RUNNER_MODULE = "controller.plan_runner"
-PLAN_RUNNER_FUNCTION = "run_plan_booking"
 # A plan booking holds its devices for the plan's steps and pauses plus this per step: moving
 # the patient, changing applicators, checking the skin.
 PLAN_STEP_SETUP_S = 2 * 60.0
@@ -227,16 +230,17 @@ def _start(args: argparse.Namespace) -> int:
                 rx = checked
         if reasons:
             return _refuse_all(reasons)
-        for row in store.mark_interrupted_sessions():
-            error(f"note: session {row.id} was left open by a crash; marked interrupted "
-                  f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
+        starter = SessionStarter(store, clinic_rules(config))
+        note_interrupted(starter)
+        live = sys.stdout.isatty() and not args.json
         if booking.plan is not None:
-            return _start_plan(store, booking, devices, operator, args.json)
+            return _start_plan(starter, booking, devices, operator, args.json, live)
         device, profile = devices[rules.PROFILE_ROLE]
+        assert rx is not None
         store.mark_booking(booking.id, "started", operator)
         try:
-            report = run_session(profile, rx, device.port, store, operator, booking.patient,
-                                 live=sys.stdout.isatty() and not args.json)
+            report = run_session(starter, profile, rx, device.port, operator, booking.patient,
+                                 live=live)
         except BaseException:
             store.mark_booking(booking.id, "done", operator,
                                note="the session ended with an error; see the session records")
@@ -253,21 +257,18 @@ def _start(args: argparse.Namespace) -> int:
     return report.exit_status
 
 
-def _start_plan(store: RecordStore, booking: BookingRow, devices: rules.Booked, operator: str,
-                as_json: bool) -> int:
-    runner = _plan_runner()
-    if runner is None or booking.plan is None:
-        return refused(f"booking {booking.id} is a plan booking, and this modctl cannot start "
-                       f"plan bookings ({PLAN_RUNNER_MODULE}.{PLAN_RUNNER_FUNCTION} is "
-                       "missing); run the plan with `modctl plan run` instead")
+def _start_plan(starter: SessionStarter, booking: BookingRow, devices: rules.Booked,
+                operator: str, as_json: bool, live: bool) -> int:
+    store = starter.store
+    assert store is not None and booking.plan is not None
     store.mark_booking(booking.id, "started", operator)
     rows = [dev for dev, _ in devices.values()]
     status: int = EXIT_INTERNAL
     session_ids: list[str] = []
     try:
-        status, session_ids = runner(
+        status, session_ids = run_plan_booking(
             store=store, booking=booking, device=rows[0], devices=rows[1:], operator=operator,
-            live=sys.stdout.isatty() and not as_json, as_json=as_json)
+            run_step=terminal_runner(starter, live), as_json=as_json)
     finally:
         # Nothing delivered by any step: the booking may be started again once fixed.
         again = not any((s := store.get_session(sid)) is not None and (s.delivered_s or 0) > 0
@@ -275,17 +276,6 @@ def _start_plan(store: RecordStore, booking: BookingRow, devices: rules.Booked, 
         store.mark_booking(booking.id, "booked" if again else "done", operator,
                            list(session_ids), note=f"plan run exit status {status}")
     return int(status)
-
-
-def _plan_runner() -> Callable[..., tuple[int, list[str]]] | None:
-    try:
-        module = importlib.import_module(PLAN_RUNNER_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != PLAN_RUNNER_MODULE:
-            raise
-        return None
-    runner = getattr(module, PLAN_RUNNER_FUNCTION, None)
-    return runner if callable(runner) else None
 
 
 def _what(b: BookingRow) -> str:

@@ -13,6 +13,7 @@ from controller.cli.session_cmd import print_report, run_session
 from controller.prescription import build_prescription
 from controller.profile_loader import resolve_profile
 from controller.records import RecordStore
+from controller.session_start import SessionStarter
 from simulator.server import SimulatedDevice
 
 # (profile, duration in s, prescription): short, clinically plausible settings.
@@ -42,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     reports = []
     status = EXIT_OK
     with RecordStore(db) as store:
+        starter = SessionStarter(store)
         for pid, duration, settings in DEMO_SESSIONS:
             profile = resolve_profile(pid).profile
             rx = build_prescription(profile, settings, duration)
@@ -49,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
                 shown = ", ".join(f"{k}={v}" for k, v in settings.items())
                 print(f"== {profile.model} ({profile.modality}) on {device.port}: {shown}, "
                       f"{duration:g} s", file=sys.stderr if args.json else sys.stdout)
-                report = run_session(profile, rx, device.port, store, "demo", None, live)
+                report = run_session(starter, profile, rx, device.port, "demo", None, live)
             print_report(report, as_json=False)
             reports.append(report)
             status = max(status, report.exit_status)

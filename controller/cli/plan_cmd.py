@@ -8,7 +8,6 @@ import sys
 import textwrap
 from datetime import timedelta
 
-from controller import clinic_time
 from controller.calibration_gate import check_calibration
 from controller.cli.common import (
     EXIT_INVALID,
@@ -18,7 +17,12 @@ from controller.cli.common import (
     error,
     patient_option,
 )
-from controller.cli.session_cmd import add_record_options
+from controller.cli.session_cmd import (
+    add_record_options,
+    clinic_rules,
+    note_interrupted,
+    terminal_runner,
+)
 from controller.dose_budget import plan_budget_problems
 from controller.patient_rules import interval_conflict
 from controller.plan import (
@@ -34,7 +38,8 @@ from controller.plan import (
 from controller.plan_runner import DeviceCheck, PlanCheck, run_plan_ref
 from controller.profile import Profile
 from controller.records import RecordsError, RecordStore, default_db_path
-from controller.roles import RoleRefused, RolesConfig, RolesError, load_roles
+from controller.roles import RoleRefused, RolesError, load_roles
+from controller.session_start import SessionStarter
 
 # Width that `plan show` wraps notes and descriptions to.
 TEXT_WIDTH = 88
@@ -205,42 +210,46 @@ def _run(args: argparse.Namespace) -> int:
     except RecordsError as exc:
         error(f"refused: {exc}; the plan does not start")
         return EXIT_REJECTED
+    starter = SessionStarter(store, clinic_rules(config))
     with store:
-        for row in store.mark_interrupted_sessions():
-            error(f"note: session {row.id} was left open by a crash; marked interrupted "
-                  f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
+        note_interrupted(starter)
         report = run_plan_ref(args.plan, ports, store, operator=operator,
                               patient=patient, interactive=interactive,
-                              live=sys.stdout.isatty() and not args.json,
+                              run_step=terminal_runner(
+                                  starter, sys.stdout.isatty() and not args.json),
                               out=sys.stderr if args.json else sys.stdout,
-                              device_check=_calibration_gate(store, config),
-                              plan_check=_interval_gate(store, config, patient))
+                              device_check=_calibration_gate(starter),
+                              plan_check=_interval_gate(starter, patient))
     _print_json(report, args.json)
     return report.exit_status
 
 
-def _calibration_gate(store: RecordStore, config: RolesConfig) -> DeviceCheck:
-    """DESIGN §2.1: no output on a device whose calibration is overdue (checked up front)."""
+def _calibration_gate(starter: SessionStarter) -> DeviceCheck:
+    """Design invariant 1: no output on a device whose calibration is overdue (checked up
+    front; each step's session checks again by the identity its device reports)."""
     def check(role: str, profile: Profile, port: str) -> str | None:
-        return check_calibration(store, profile, port, clinic_time.now(),
-                                 require_registered=config.clinic.require_registered_devices)
+        assert starter.store is not None
+        return check_calibration(starter.store, profile, port, starter.now(),
+                                 require_registered=starter.rules.require_registered)
     return check
 
 
-def _interval_gate(store: RecordStore, config: RolesConfig,
-                   patient: str | None) -> PlanCheck | None:
+def _interval_gate(starter: SessionStarter, patient: str | None) -> PlanCheck | None:
     """The patient's minimum interval, per modality of the plan, checked once before the first
     step (patient_rules): the plan's steps are one treatment and never block each other."""
     if patient is None:
         return None
 
+    store = starter.store
+    assert store is not None
+
     def check(plan: Plan) -> list[str]:
-        now = clinic_time.now()
+        now = starter.now()
         end = now + timedelta(seconds=plan.treatment_s() + plan.pauses_s())
         reasons: list[str] = []
         for modality in dict.fromkeys(p.modality for p in plan.profiles.values()):
             conflict = interval_conflict(store, patient, modality, now, end,
-                                         config.clinic.min_interval_hours * 3600)
+                                         starter.rules.min_interval_s)
             if conflict:
                 reasons.append(conflict)
         return reasons

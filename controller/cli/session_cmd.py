@@ -7,17 +7,14 @@ import os
 import signal
 import sys
 from contextlib import suppress
-from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from controller import clinic_time
-from controller.calibration_gate import check_calibration, identity_gate
 from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error, patient_option
 from controller.cli.live_display import LiveDisplay
-from controller.patient_rules import interval_conflict
 from controller.prescription import (
     DurationError,
+    Prescription,
     PrescriptionRejected,
     SettingsError,
     build_prescription,
@@ -25,16 +22,14 @@ from controller.prescription import (
     parse_settings,
 )
 from controller.profile import Profile
-from controller.profile_loader import ProfileError, profile_file, resolve_profile
+from controller.profile_loader import ProfileError, resolve_profile
 from controller.records import RecordsError, RecordStore, default_db_path
-from controller.roles import RoleRefused, RolesError, load_roles
-from controller.scheduling import every, make_scheduler
-from controller.session import Session
+from controller.roles import RoleRefused, RolesConfig, RolesError, load_roles
 from controller.session_report import SessionReport
+from controller.session_start import ClinicRules, SessionStarter, StepRunner
 
-# How often the terminal display refreshes and buffered telemetry is flushed.
+# How often the terminal display refreshes.
 DISPLAY_PERIOD_S = 0.25
-FLUSH_PERIOD_S = 1.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,38 +107,39 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(_refusal_json(profile, settings, duration, f"records unavailable: {exc}"))
         return EXIT_REJECTED
+    starter = SessionStarter(store, clinic_rules(roles))
     with store:
-        for row in store.mark_interrupted_sessions():
-            error(f"note: session {row.id} was left open by a crash; marked interrupted "
-                  f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
-        # DESIGN §2.1: never an output on a device whose calibration is overdue.
-        now = clinic_time.now()
-        refusal = check_calibration(
-            store, profile, args.port, now,
-            require_registered=roles.clinic.require_registered_devices)
-        if refusal is None and patient is not None:
-            # One rule for every route (patient_rules): the same interval bookings enforce.
-            refusal = interval_conflict(store, patient, profile.modality, now,
-                                        now + timedelta(seconds=rx.duration_s),
-                                        roles.clinic.min_interval_hours * 3600)
+        note_interrupted(starter)
+        # Design invariant 1: never an output on a device whose calibration is overdue;
+        # the patient's minimum interval, the same rule bookings use (patient_rules).
+        refusal = starter.refusal(profile, rx, args.port, patient)
         if refusal is not None:
             error(f"rejected: {refusal}")
             if args.json:
                 print(_refusal_json(profile, settings, duration, refusal))
             return EXIT_REJECTED
-        report = run_session(profile, rx, args.port, store, operator, patient,
+        report = run_session(starter, profile, rx, args.port, operator, patient,
                              live=sys.stdout.isatty() and not args.json,
-                             clear_fault=args.clear_fault,
-                             require_registered=roles.clinic.require_registered_devices)
+                             clear_fault=args.clear_fault)
     print_report(report, args.json)
     return report.exit_status
 
 
-def run_session(profile: Profile, rx: Any, port: str, store: RecordStore | None,
+def clinic_rules(config: RolesConfig) -> ClinicRules:
+    return ClinicRules(require_registered=config.clinic.require_registered_devices,
+                       min_interval_s=config.clinic.min_interval_hours * 3600)
+
+
+def note_interrupted(starter: SessionStarter) -> None:
+    for row in starter.mark_interrupted():
+        error(f"note: session {row.id} was left open by a crash; marked interrupted "
+              f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed")
+
+
+def run_session(starter: SessionStarter, profile: Profile, rx: Prescription, port: str,
                 operator: str, patient: str | None, live: bool,
-                clear_fault: bool = False, *,
-                require_registered: bool | None = None) -> SessionReport:
-    """Run a session on a worker thread; signals post stop requests to it.
+                clear_fault: bool = False) -> SessionReport:
+    """Run a session through `starter` on its worker; signals post stop requests to it.
 
     Nothing on this (main) thread may end the session early or leave it running unattended:
     a display that cannot be written (closed terminal, `| head`) is dropped, and any other
@@ -151,17 +147,8 @@ def run_session(profile: Profile, rx: Any, port: str, store: RecordStore | None,
     is a daemon thread: the process must not exit under it).
     """
     display = LiveDisplay(profile.modality, profile.id, sys.stdout) if live else None
-    gate = None
-    if store is not None:
-        # The calibration gate again, by the identity the device reports (any port spelling).
-        if require_registered is None:
-            require_registered = load_roles().clinic.require_registered_devices
-        gate = identity_gate(store, profile, port, clinic_time.now(),
-                             require_registered=require_registered)
-    path, sha256 = profile_file(profile)
-    session = Session(profile, rx, port, store=store, operator=operator, patient=patient,
-                      clear_fault=clear_fault, on_identified=gate, profile_path=path,
-                      profile_sha256=sha256)
+    session = starter.session(profile, rx, port, operator=operator, patient=patient,
+                              clear_fault=clear_fault)
     stops = {"count": 0}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -173,32 +160,32 @@ def run_session(profile: Profile, rx: Any, port: str, store: RecordStore | None,
 
     previous = {s: signal.signal(s, on_signal)
                 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
-    scheduler = make_scheduler()
-    every(scheduler, profile.safety.poll_period_s, session.wake, "session wake-up")
-    if store is not None:
-        # A failed flush keeps its batch and tells the session (a records fault); the job
-        # itself never raises (APScheduler would print a traceback).
-        every(scheduler, FLUSH_PERIOD_S, store.flush_quietly, "records flush")
-    scheduler.start()
     try:
-        session.start()
-        try:
-            while session.wait(DISPLAY_PERIOD_S) is None:
-                if display is not None and not _show(display, session.snapshot()):
-                    display = None
-        except BaseException as exc:
-            session.request_stop("fault", reason=f"modctl failed while the session ran: "
-                                 f"{type(exc).__name__}: {exc}")
-            session.wait()
-            raise
+        with starter.running(session):
+            try:
+                while session.wait(DISPLAY_PERIOD_S) is None:
+                    if display is not None and not _show(display, session.snapshot()):
+                        display = None
+            except BaseException as exc:
+                session.request_stop("fault", reason=f"modctl failed while the session ran: "
+                                     f"{type(exc).__name__}: {exc}")
+                session.wait()
+                raise
     finally:
-        scheduler.shutdown(wait=False)
         for s, handler in previous.items():
             signal.signal(s, handler)
         if display is not None:
             _close(display)
     assert session.report is not None
     return session.report
+
+
+def terminal_runner(starter: SessionStarter, live: bool) -> StepRunner:
+    """A plan step's session on the terminal: signals stop it, the live display shows it."""
+    def run(profile: Profile, rx: Prescription, port: str, operator: str,
+            patient: str | None) -> SessionReport:
+        return run_session(starter, profile, rx, port, operator, patient, live)
+    return run
 
 
 def _show(display: LiveDisplay, snapshot: dict[str, Any]) -> bool:
