@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from controller.device_link import DeviceLink
+from controller.device_link import DeviceLink, expand
 from controller.profile import INTEGRAL_TYPES, Profile
 from protocols.errors import ProtocolError
 from protocols.map_common import Scalar
@@ -107,20 +107,9 @@ class CalibrationDevice:
             raise CalibrationFault(f"telemetry: {exc}") from exc
 
     def read_telemetry(self, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
-        """Telemetry by the modality's names (ProtocolError as raised). DeviceLink.telemetry expands
-        `{channel}` once per link (a session drives one channel); a calibration visits several."""
-        raw = self.link.run("read_telemetry", variables)
-        out: dict[str, Scalar] = {}
-        for name in self.profile.telemetry:
-            source = self.profile.telemetry_source(name)
-            key = _expand(source.source, variables)
-            if key not in raw:
-                continue
-            value = raw[key]
-            if source.map is not None:
-                value = source.map.get(_text(value), value)
-            out[name] = value
-        return out
+        """Telemetry by the modality's names (ProtocolError as raised), for the channel in
+        `variables`; names the reply lacks are left out."""
+        return self.link.telemetry(variables, partial=True)
 
     def has(self, op: str) -> bool:
         return self.link.has(op)
@@ -270,7 +259,7 @@ class CalibrationDevice:
     def _reading(self, results: Mapping[str, Scalar], name: str,
                  variables: Mapping[str, Scalar]) -> Scalar | None:
         source = self.readings.get(name)
-        return None if source is None else results.get(_expand(source, variables))
+        return None if source is None else results.get(expand(source, variables))
 
 
 def while_waiting(work: Callable[[], T], keep_alive: Callable[[], None] | None,
@@ -304,14 +293,3 @@ def while_waiting(work: Callable[[], T], keep_alive: Callable[[], None] | None,
         raise error
     return box["value"]  # type: ignore[return-value]
 
-
-def _expand(source: str, variables: Mapping[str, Scalar]) -> str:
-    for var, value in variables.items():
-        source = source.replace("{" + var + "}", _text(value))
-    return source
-
-
-def _text(value: Scalar) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)

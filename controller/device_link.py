@@ -1,7 +1,10 @@
 """Run a profile's operations over a protocol engine: the controller's view of a device.
 
-Owned by one session worker. It knows operations, variables and telemetry
-names; the engine knows bytes; the modality code knows what the values mean.
+Owned by one worker (a session, a plan's pre-check, a calibration, a registration). It
+knows operations, variables and telemetry names; the engine knows bytes; the modality
+code knows what the values mean. `identify` is the one read-only look at a device that
+every route takes before anything is written: who it is, whether a fault is latched,
+and the facts the prescription's remaining limits need.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from controller.profile import Profile
+from controller import session_checks
+from controller.modality import FACT_ERA
+from controller.profile import Profile, device_identity
 from controller.profile_sections import Step
 from protocols.engine import Engine, EventHandler
 from protocols.errors import Interrupted, ProtocolError
@@ -42,6 +48,38 @@ class ReadBack:
         return None if self.read is None else _equal(self.read, self.written)
 
 
+# Device facts read at identification that limits may need (the ultrasound applicator's ERA).
+FACT_TELEMETRY = (FACT_ERA,)
+
+
+@dataclass(frozen=True)
+class Identified:
+    """What a device said about itself, read-only, before anything is written to it."""
+
+    results: dict[str, Scalar]
+    """The `identify` operation's results (its `expect` checked)."""
+    telemetry: dict[str, Scalar]
+    identity: dict[str, str]
+    """model, serial, firmware as text ({} for a profile without an `identity` section)."""
+    latched_fault: str
+    """Why the device is not ready (a latched trip, an e-stop, output already on), or ""."""
+    facts: dict[str, float]
+
+
+def identify(link: DeviceLink, variables: Mapping[str, Scalar]) -> Identified:
+    """Identify the device on `link`: ProtocolError (nothing written) when it does not answer
+    as its profile's model; IdentityError when its identity fields cannot be read."""
+    profile = link.profile
+    results = link.run("identify", variables)
+    telemetry = link.telemetry(variables)
+    identity = device_identity(profile, results) if profile.identity is not None else {}
+    facts = {name: float(value) for name in FACT_TELEMETRY
+             if isinstance(value := telemetry.get(name), (int, float))
+             and not isinstance(value, bool)}
+    return Identified(results, telemetry, identity,
+                      session_checks.latched_fault(profile, telemetry) or "", facts)
+
+
 class OperationFailed(ProtocolError):
     """A device answered, but not as the operation expects (identity, confirmation)."""
 
@@ -68,8 +106,10 @@ class DeviceLink:
     def __init__(self, profile: Profile, engine: Engine) -> None:
         self.profile = profile
         self.engine = engine
-        # Telemetry source per name, with `{var}` templates expanded once per session.
-        self._telemetry_keys: dict[str, str] = {}
+        # Reply key per telemetry name and the values of the `{var}`s its source names
+        # (a session reads one channel; a calibration visits several).
+        self._telemetry_keys: dict[tuple[str, tuple[Scalar, ...]], str] = {}
+        self._templates: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._interrupt: Callable[[], bool] | None = None
 
     @classmethod
@@ -117,21 +157,36 @@ class DeviceLink:
                 out[key] = ReadBack(value, read)
         return out
 
-    def telemetry(self, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
-        """Read telemetry and translate it to the modality's names."""
+    def telemetry(self, variables: Mapping[str, Scalar],
+                  partial: bool = False) -> dict[str, Scalar]:
+        """Read telemetry and translate it to the modality's names. `partial`: leave out
+        names the reply lacks (a calibration reading a channel in service mode) instead
+        of failing."""
         raw = self.run("read_telemetry", variables)
         out: dict[str, Scalar] = {}
         for name in self.profile.telemetry:
-            key = self._telemetry_keys.get(name)
-            if key is None:
-                key = _expand(self.profile.telemetry_source(name).source, variables)
-                self._telemetry_keys[name] = key
+            key = self._telemetry_key(name, variables)
+            if partial and key not in raw:
+                continue
             value = raw[key]
             mapping = self.profile.telemetry_source(name).map
             if mapping is not None:
                 value = mapping.get(scalar_text(value), value)
             out[name] = value
         return out
+
+    def _telemetry_key(self, name: str, variables: Mapping[str, Scalar]) -> str:
+        template = self._templates.get(name)
+        if template is None:
+            source = self.profile.telemetry_source(name).source
+            template = (source, tuple(re.findall(r"\{(\w+)\}", source)))
+            self._templates[name] = template
+        source, names = template
+        values = tuple(variables[v] for v in names if v in variables)
+        key = self._telemetry_keys.get((name, values))
+        if key is None:
+            key = self._telemetry_keys[(name, values)] = expand(source, variables)
+        return key
 
     def set_event_handler(self, handler: EventHandler | None) -> None:
         self.engine.set_event_handler(handler)
@@ -169,7 +224,8 @@ class DeviceLink:
                 raise OperationFailed(f"{op}: {key} is {got!r}, expected {want!r}")
 
 
-def _expand(source: str, variables: Mapping[str, Scalar]) -> str:
+def expand(source: str, variables: Mapping[str, Scalar]) -> str:
+    """A `{var}` template (telemetry sources, calibration readings) with the values in."""
     for name, value in variables.items():
         token = "{" + name + "}"
         if token in source:

@@ -27,10 +27,8 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Protocol, TextIO
 
-from controller import session_checks
-from controller.device_link import DeviceLink
+from controller.device_link import DeviceLink, identify
 from controller.dose_budget import budget_problems
-from controller.modality import FACT_ERA
 from controller.plan import (
     EXAMPLE_WARNING,
     Plan,
@@ -42,7 +40,7 @@ from controller.plan import (
     load_plan,
 )
 from controller.prescription import Prescription, PrescriptionRejected, apply_device_facts
-from controller.profile import Profile
+from controller.profile import IdentityError, Profile
 from controller.profile_loader import ProfileError, resolve_profile
 from controller.records import RecordsError, RecordStore
 from controller.session import Session
@@ -294,19 +292,14 @@ def _probe(profile: Profile, rx: Prescription, port: str,
     except ProtocolError as exc:
         return {}, f"cannot open the port: {exc}"
     try:
-        link.run("identify", variables)
-        telemetry = link.telemetry(variables)
-    except ProtocolError as exc:
+        found = identify(link, variables)
+    except (ProtocolError, IdentityError) as exc:
         return {}, f"did not identify as a {profile.vendor} {profile.model}: {exc}"
     finally:
         link.close()
-    problem = session_checks.latched_fault(profile, telemetry)
-    if problem:
-        return {}, f"not ready: {problem}"
-    era = telemetry.get(FACT_ERA)
-    if isinstance(era, (int, float)) and not isinstance(era, bool):
-        return {FACT_ERA: float(era)}, ""
-    return {}, ""
+    if found.latched_fault:
+        return {}, f"not ready: {found.latched_fault}"
+    return found.facts, ""
 
 
 class _PlanRun:

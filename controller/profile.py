@@ -14,12 +14,23 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from controller.modality_contract import CONTRACTS, OFF_OPERATIONS, SESSION_VARIABLES, Modality
+from controller.modality_contract import (
+    CONTRACTS,
+    FAULT_CODE_TELEMETRY,
+    FLAG_CHECKED_TELEMETRY,
+    NUMERIC_CHECKED_TELEMETRY,
+    OFF_OPERATIONS,
+    SESSION_VARIABLES,
+    Modality,
+)
 from controller.profile_backstops import check_backstops, check_ceilings
+from controller.profile_grid import INTEGRAL_TYPES, first_off_grid
 from controller.profile_sections import (
     CALIBRATION_READINGS,
     Bound,
     Calibration,
+    FaultCode,
+    FaultTable,
     Identity,
     Limits,
     Link,
@@ -56,6 +67,8 @@ class Profile(StrictModel):
     protocol: ProtocolMap
     operations: Operations
     telemetry: dict[Identifier, str | TelemetrySource]
+    faults: dict[Identifier, FaultTable] = Field(default_factory=dict)
+    """Per fault-code telemetry name: what each code means and its class."""
     parameters: dict[Identifier, Parameter]
     limits: Limits
     rules: dict[Identifier, float] = Field(default_factory=dict)
@@ -72,6 +85,8 @@ class Profile(StrictModel):
         problems += self._check_defaults()
         problems += self._check_operations()
         problems += self._check_telemetry()
+        problems += self._check_faults()
+        problems += self._check_checked_telemetry()
         if not problems:
             problems += self._check_ranges()
         problems += check_backstops(self)
@@ -91,6 +106,11 @@ class Profile(StrictModel):
 
     def variable_names(self) -> set[str]:
         return set(self.parameters) | SESSION_VARIABLES
+
+    def fault(self, telemetry: str, code: int) -> FaultCode | None:
+        """What a fault code of a telemetry value means (None: the profile lists no such
+        code, which the checks treat as an unknown device fault)."""
+        return self.faults.get(telemetry, {}).get(code)
 
     # -- cross-section checks ---------------------------------------------------
     def _check_contract(self) -> list[str]:
@@ -252,6 +272,7 @@ class Profile(StrictModel):
                         continue
                     integral = _integral(spec)
                     param = self.parameters.get(ref[1:])
+                    before = len(out)
                     if integral and param is not None and param.step is not None \
                             and not _whole(param.step / spec.scale):
                         out.append(
@@ -272,6 +293,15 @@ class Profile(StrictModel):
                                 f"operations.{op}[{i}].args.{arg}: {ref} may be {value:g} "
                                 f"({why}), but {step.write}.{arg} accepts "
                                 f"{_engineering_range(spec)}")
+                    if param is None or len(out) > before:
+                        continue
+                    off = first_off_grid(param, self.limits.absolute.get(ref[1:]), spec)
+                    if off is not None:
+                        out.append(
+                            f"operations.{op}[{i}].args.{arg}: {ref} may be {off[0]:g} "
+                            f"(on the operator's grid of {ref[1:]}), which "
+                            f"{step.write}.{arg} cannot carry: {off[1]} "
+                            f"({_engineering_range(spec)})")
         return out
 
     def _possible_values(self, var: str) -> list[tuple[float, str]]:
@@ -313,6 +343,46 @@ class Profile(StrictModel):
                 if expanded not in available:
                     out.append(f"telemetry.{name}: source '{expanded}' is not read by "
                                "operations.read_telemetry")
+        return out
+
+    def _check_faults(self) -> list[str]:
+        out = []
+        if FAULT_CODE_TELEMETRY in self.telemetry and FAULT_CODE_TELEMETRY not in self.faults:
+            out.append(f"faults: telemetry '{FAULT_CODE_TELEMETRY}' needs a table "
+                       f"(faults.{FAULT_CODE_TELEMETRY}) saying what each code means and its "
+                       "class; the controller knows no device's codes")
+        for name, table in self.faults.items():
+            if name not in self.telemetry:
+                out.append(f"faults.{name}: '{name}' is not a telemetry name")
+            if not any(c.class_ == "none" for c in table.values()):
+                out.append(f"faults.{name}: no code has class 'none', so every reading "
+                           "would be a fault; give the no-fault code (0: {label: none, "
+                           "class: none})")
+        return out
+
+    def _check_checked_telemetry(self) -> list[str]:
+        """Telemetry a safety check reads must arrive as a number (or a flag), or be mapped to
+        one: text would silently read as no fault."""
+        out = []
+        for name in sorted(set(self.telemetry) & (NUMERIC_CHECKED_TELEMETRY |
+                                                  FLAG_CHECKED_TELEMETRY)):
+            src = self.telemetry_source(name)
+            numeric = name in NUMERIC_CHECKED_TELEMETRY
+            want = "a number" if numeric else "true/false or a number"
+            if src.map is not None:
+                bad = [k for k, v in src.map.items()
+                       if (numeric and (isinstance(v, (bool, str))))
+                       or (not numeric and isinstance(v, str))]
+                if bad:
+                    out.append(f"telemetry.{name}.map: a safety check reads {name} as {want}; "
+                               f"'{bad[0]}' maps to {src.map[bad[0]]!r}")
+                continue
+            for key in self.expand_template(src.source):
+                kind = self.protocol.result_kind(key)
+                if kind == "text" or (numeric and kind == "flag"):
+                    out.append(f"telemetry.{name}: source '{key}' is {kind}, but a safety "
+                               f"check reads {name} as {want}: map each value "
+                               f"(telemetry.{name}.map) or read a numeric field")
         return out
 
     def expand_template(self, text: str) -> list[str]:
@@ -379,9 +449,6 @@ def device_identity(profile: Profile, identify_results: Mapping[str, Scalar]) ->
 
 
 
-# Wire types that carry whole numbers only (engineering value = raw × scale).
-INTEGRAL_TYPES = frozenset({"int16", "uint16", "bits", "u8", "u16", "i16", "u32", "int"})
-
 
 def _integral(spec: ValueSpec) -> bool:
     return getattr(spec, "type", None) in INTEGRAL_TYPES
@@ -402,7 +469,10 @@ def _engineering_range(spec: ValueSpec) -> str:
         lo = "" if spec.min is None else f"{spec.min * spec.scale:g}"
         hi = "" if spec.max is None else f"{spec.max * spec.scale:g}"
         parts.append(f"{lo}..{hi}")
-    return " or ".join(parts) + f" {spec.unit}".rstrip() + f" (raw {spec.describe_range()})"
+    step = getattr(spec, "step", None)
+    every = "" if step is None else f" in steps of {step * spec.scale:g}"
+    return " or ".join(parts) + every + f" {spec.unit}".rstrip() + \
+        f" (raw {spec.describe_range()})"
 
 
 def within(value: float, bound: Bound) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from protocols.map_common import FaultClass, Identifier, Scalar, StrictModel
 from protocols.transport import SerialSettings
@@ -255,6 +255,9 @@ class Identity(StrictModel):
 class FaultCode(StrictModel):
     """What one value of a fault-code telemetry means: words for the operator, and the
     class that decides the session's outcome and stop source."""
+
+    # Written `class:` in YAML (a Python keyword) and dumped so, so that a dump reloads.
+    model_config = ConfigDict(serialize_by_alias=True)
 
     label: str = Field(min_length=1)
     """As the manual words it: "applicator over-temperature"."""

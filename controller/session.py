@@ -22,10 +22,10 @@ from typing import Any
 from controller import gc_policy
 from controller import session_backstops as backstops
 from controller import session_checks as checks
-from controller.device_link import DeviceLink
-from controller.modality import FACT_ERA, DoseMeter, modality_for
+from controller.device_link import DeviceLink, identify
+from controller.modality import DoseMeter, modality_for
 from controller.prescription import Prescription, PrescriptionRejected, apply_device_facts
-from controller.profile import IdentityError, Profile, device_identity
+from controller.profile import IdentityError, Profile
 from controller.records import RecordsError, RecordStore
 from controller.session_checks import Verdict
 from controller.session_machine import ACTIVE_OUTPUT, SessionState, build_machine
@@ -227,32 +227,31 @@ class Session:
     def _identify(self) -> None:
         assert self.link is not None
         try:
-            self.identity = self.link.run("identify", self.variables)
-            self._event("reply", {"op": "identify", "identity": _plain(self.identity)})
-            telemetry = self.link.telemetry(self.variables)
+            found = identify(self.link, self.variables)
         except Interrupted:
             raise
         except ProtocolError as exc:
             # Identification only reads: nothing was written, so nothing may start.
             raise _Reject(f"device did not identify as a {self.profile.model}: {exc}") \
                 from None
-        problem = checks.latched_fault(self.profile, telemetry)
+        except IdentityError as exc:
+            raise _Reject(f"device identity unreadable: {exc}") from None
+        self.identity, self.device = found.results, found.identity
+        self._event("reply", {"op": "identify", "identity": _plain(self.identity)})
+        problem = found.latched_fault
         if problem and self._clear_fault and self.link.has("clear_fault") \
-                and not telemetry.get("output_on"):
+                and not found.telemetry.get("output_on"):
             # The operator asked for it, having checked the patient and the device.
             self.link.run("clear_fault", self.variables)
             self._event("command", {"op": "clear_fault", "was": problem})
-            telemetry = self.link.telemetry(self.variables)
-            problem = checks.latched_fault(self.profile, telemetry)
+            problem = checks.latched_fault(self.profile,
+                                           self.link.telemetry(self.variables)) or ""
         if problem:
             hint = "" if self._clear_fault else \
                 " (check the patient and the device, then run again with --clear-fault)"
             raise _Reject(f"device not ready: {problem}{hint}")
         self._record_identity()
-        facts: dict[str, float] = {}
-        era = telemetry.get("era_cm2")
-        if isinstance(era, (int, float)) and not isinstance(era, bool):
-            facts[FACT_ERA] = float(era)
+        facts = found.facts
         try:
             self.rx = apply_device_facts(self.profile, self.rx, facts)
         except PrescriptionRejected as exc:
@@ -266,11 +265,6 @@ class Session:
         """Keep who the device says it is (model, serial, firmware) on the session record,
         and let the caller refuse it (the calibration gate of the registered device that
         reports this identity, whatever port spelling reached it)."""
-        if self.profile.identity is not None:
-            try:
-                self.device = device_identity(self.profile, self.identity)
-            except IdentityError as exc:
-                raise _Reject(f"device identity unreadable: {exc}") from None
         if self.store is not None and self.session_id:
             try:
                 self.store.set_session_identity(self.session_id,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from controller.prescription import Prescription
 from controller.profile import Profile
 from protocols.engine import DeviceEvent
+from protocols.map_framed import EventKind
 
 # Outcomes and who ended the output (DESIGN §4).
 COMPLETED, ABORTED, FAULT, REJECTED = "completed", "aborted", "fault", "rejected"
@@ -23,17 +24,68 @@ BY_CONTROLLER, BY_DEVICE_TIMER, BY_DEVICE_WATCHDOG = "controller", "device_timer
     "device_watchdog"
 BY_INTERLOCK, BY_OPERATOR, BY_PATIENT = "interlock", "operator", "patient"
 
-US_FAULTS = {1: "applicator over-temperature", 2: "applicator missing",
-             3: "watchdog expired", 4: "internal fault"}
-THERMAL_FAULTS = {1: "sensor open", 2: "sensor short", 3: "over-temperature trip",
-                  4: "under-temperature trip", 5: "pad disconnected", 6: "internal fault"}
-
-
 @dataclass(frozen=True)
 class Verdict:
     outcome: str
     stop_source: str
     reason: str
+
+
+# What a fault class (the profile's word for a code or event) means for the session.
+CLASS_VERDICTS: dict[str, tuple[str, str]] = {
+    "interlock": (FAULT, BY_INTERLOCK),
+    "device_fault": (FAULT, BY_INTERLOCK),
+    "link": (FAULT, BY_DEVICE_WATCHDOG),
+    "patient": (ABORTED, BY_PATIENT),
+    "timer": (FAULT, BY_DEVICE_TIMER),
+}
+# Reasons for the classes whose cause is the same on every device.
+WATCHDOG_REASON = "device watchdog expired"
+TIMER_REASON = "device session timer ended the output"
+UNKNOWN_LABEL = "unknown"
+
+
+@dataclass(frozen=True)
+class ReportedFault:
+    """A fault code a device reports, read through the profile's table."""
+
+    telemetry: str
+    code: int | str
+    label: str
+    fault_class: str
+
+    def verdict(self) -> Verdict:
+        outcome, source = CLASS_VERDICTS[self.fault_class]
+        if self.fault_class == "link":
+            return Verdict(outcome, source, WATCHDOG_REASON)
+        if self.fault_class == "timer":
+            return Verdict(outcome, source, TIMER_REASON)
+        return Verdict(outcome, source, f"device fault {self.code}: {self.label}")
+
+
+def reported_faults(profile: Profile, t: Mapping[str, object]) -> list[ReportedFault]:
+    """Every fault a fault-code telemetry value reports, in the profile's words.
+
+    A code the profile does not list is a device fault (never "no fault"), and so is a
+    value that is no whole number: text must never read as 0 and switch reporting off.
+    """
+    out = []
+    for name in profile.faults:
+        value = t.get(name)
+        if value is None:
+            continue   # not read (yet): nothing reported
+        number = _float(value)
+        if number is None or not number.is_integer():
+            out.append(ReportedFault(name, str(value), f"unreadable fault code {value!r}",
+                                     "device_fault"))
+            continue
+        code = int(number)
+        entry = profile.fault(name, code)
+        if entry is None:
+            out.append(ReportedFault(name, code, UNKNOWN_LABEL, "device_fault"))
+        elif entry.class_ != "none":
+            out.append(ReportedFault(name, code, entry.label, entry.class_))
+    return out
 
 
 def output_running(profile: Profile, t: Mapping[str, object]) -> bool:
@@ -43,8 +95,8 @@ def output_running(profile: Profile, t: Mapping[str, object]) -> bool:
 def explain_stop(profile: Profile, t: Mapping[str, object]) -> Verdict:
     """Why the device's output is off when the controller did not stop it."""
     m = profile.modality
+    faults = reported_faults(profile, t)
     if m == "thermal":
-        code = _int(t.get("fault_code"))
         if t.get("watchdog_expired"):
             return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
         if t.get("timer_expired"):
@@ -55,18 +107,11 @@ def explain_stop(profile: Profile, t: Mapping[str, object]) -> Verdict:
             return Verdict(FAULT, BY_INTERLOCK, "under-temperature: device trip latched")
         if t.get("pad_connected") is False:
             return Verdict(FAULT, BY_INTERLOCK, "pad off: the pad is disconnected")
-        if code:
-            return Verdict(FAULT, BY_INTERLOCK,
-                           f"device fault {code}: {THERMAL_FAULTS.get(code, 'unknown')}")
+        if faults:
+            return faults[0].verdict()
     elif m == "ultrasound":
-        code = _int(t.get("fault_code"))
-        if code == 3:
-            return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
-        if code == 1:
-            return Verdict(FAULT, BY_INTERLOCK, "applicator too hot: device fault 1")
-        if code:
-            return Verdict(FAULT, BY_INTERLOCK,
-                           f"device fault {code}: {US_FAULTS.get(code, 'unknown')}")
+        if faults:
+            return faults[0].verdict()
         if t.get("state") == "done":
             return Verdict(FAULT, BY_DEVICE_TIMER, "device session timer ended the output")
     elif m == "tens":
@@ -77,8 +122,9 @@ def explain_stop(profile: Profile, t: Mapping[str, object]) -> Verdict:
         if t.get("watchdog_expired"):
             return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
         if t.get("estop_latched"):
-            return Verdict(FAULT, BY_INTERLOCK, "device e-stop latched (over-current or "
-                                                "patient stop)")
+            return Verdict(FAULT, BY_INTERLOCK, "device e-stop latched")
+        if faults:
+            return faults[0].verdict()
         if _int(t.get("remaining_s")) == 0:
             return Verdict(FAULT, BY_DEVICE_TIMER, "device session timer ended the output")
     return Verdict(FAULT, BY_INTERLOCK, "the device stopped the output for no reported reason")
@@ -97,17 +143,22 @@ def device_interlock(profile: Profile, t: Mapping[str, object]) -> Verdict | Non
 def latched_fault(profile: Profile, t: Mapping[str, object]) -> str | None:
     """A latched fault reported at identification: no output may start."""
     m = profile.modality
+    faults = reported_faults(profile, t)
     if m == "thermal":
-        code = _int(t.get("fault_code"))
-        if t.get("trip_high") or t.get("trip_low") or code:
-            return f"device reports a latched fault ({THERMAL_FAULTS.get(code, 'trip')})"
+        if t.get("trip_high") or t.get("trip_low") or faults:
+            label = faults[0].label if faults else "trip"
+            return f"device reports a latched fault ({label})"
         if t.get("pad_connected") is False:
             return "the pad is not connected"
     elif m == "ultrasound":
-        code = _int(t.get("fault_code"))
-        if t.get("state") == "fault" or code:
-            return f"device reports fault {code} ({US_FAULTS.get(code, 'unknown')})"
-    elif m == "tens" and t.get("estop_latched"):
+        if t.get("state") == "fault" or faults:
+            shown = f"fault {faults[0].code} ({faults[0].label})" if faults else \
+                "a latched fault"
+            return f"device reports {shown}"
+    elif faults:
+        f = faults[0]
+        return f"device reports fault {f.code} ({f.label})"
+    if m == "tens" and t.get("estop_latched"):
         return "device e-stop is latched"
     if t.get("output_on"):
         return "the device output is already on (left running by another controller?)"
@@ -140,23 +191,38 @@ def verify(profile: Profile, rx: Prescription, t: Mapping[str, object]) -> Verdi
 
 
 def event_verdict(profile: Profile, event: DeviceEvent, channel: int | None) -> Verdict | None:
-    """What an unsolicited device event means for this session (None: not ours)."""
-    ev_channel = event.fields.get("channel")
-    mine = channel is None or ev_channel in (None, 0xFF, channel)
-    value = event.fields.get("value")
-    if event.kind == "patient_stop":
-        return Verdict(ABORTED, BY_PATIENT, "patient stop switch pressed")
-    if event.kind == "watchdog_expired":
-        return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
-    if not mine:
+    """What an unsolicited device event means for this session (None: not ours).
+
+    The profile's event kinds give each kind's class and words. A patient stop and a
+    watchdog (link) end every channel's session; other events only their channel's.
+    """
+    kind = _event_kind(profile, event.kind)
+    fault_class = kind.class_ if kind is not None else "device_fault"
+    if fault_class == "none":
         return None
-    if event.kind == "lead_off":
-        return Verdict(FAULT, BY_INTERLOCK, f"lead off (electrode impedance {value} ohm)")
-    if event.kind == "over_current":
-        return Verdict(FAULT, BY_INTERLOCK, f"over-current ({value} x 0.1 mA); e-stop latched")
-    if event.kind == "session_complete":
-        return Verdict(FAULT, BY_DEVICE_TIMER, "device session timer ended the output")
-    return Verdict(FAULT, BY_INTERLOCK, f"device event {event.kind} ({event.fields})")
+    ev_channel = event.fields.get("channel")
+    mine = channel is None or ev_channel in (None, ALL_CHANNELS, channel)
+    if not mine and fault_class not in ("patient", "link"):
+        return None
+    outcome, source = CLASS_VERDICTS[fault_class]
+    if fault_class == "link":
+        return Verdict(outcome, source, WATCHDOG_REASON)
+    if fault_class == "timer":
+        return Verdict(outcome, source, TIMER_REASON)
+    if kind is None:
+        return Verdict(outcome, source, f"device event {event.kind} ({event.fields})")
+    return Verdict(outcome, source, kind.text(event.fields.get("value")))
+
+
+# The event channel byte that means "every channel".
+ALL_CHANNELS = 0xFF
+
+
+def _event_kind(profile: Profile, name: str) -> EventKind | None:
+    events = getattr(profile.protocol, "events", None)
+    if events is None:
+        return None
+    return next((k for k in events.kinds.values() if k.name == name), None)
 
 
 def _mismatch(what: str, got: object, want: object, tol: float, unit: str) -> str | None:

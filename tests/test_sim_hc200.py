@@ -591,6 +591,8 @@ telemetry:
   timer_expired: flags.timer_done
   trip_high: flags.hot_trip
   trip_low: flags.cold_trip
+faults:
+  fault_code: {0: {label: none, class: none}, 9: {label: overheated, class: interlock}}
 parameters:
   temperature_c: {type: number, unit: degC, step: 0.01, default: 38.0}
 limits:

@@ -482,6 +482,8 @@ telemetry:
   applicator_temp_c: temp.c
   intensity_w_cm2: level.value
   era_cm2: area.cm2
+faults:
+  fault_code: {0: {label: none, class: none}, 7: {label: head too hot, class: interlock}}
 parameters:
   frequency_mhz: {type: number, allowed: [1, 3], default: 1}
   intensity_w_cm2: {type: number, step: 0.5}

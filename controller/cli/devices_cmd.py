@@ -26,8 +26,8 @@ from controller.cli.clinic_common import (
 )
 from controller.cli.common import EXIT_OK, UsageError
 from controller.clinic_records import DeviceRow
-from controller.device_link import DeviceLink
-from controller.profile import IdentityError, Profile, device_identity
+from controller.device_link import DeviceLink, identify
+from controller.profile import IdentityError, Profile
 from controller.profile_loader import (
     ProfileError,
     load_profile_file,
@@ -155,7 +155,7 @@ def probe(profile: Profile, port: str) -> dict[str, str] | str:
     except ProtocolError as exc:
         return f"cannot open {port}: {exc}"
     try:
-        return device_identity(profile, link.run("identify", {}))
+        return identify(link, {}).identity
     except (ProtocolError, IdentityError) as exc:
         return (f"the device on {port} did not identify as a {profile.model}: {exc} (connect "
                 "it and try again, or register it with --no-probe)")
