@@ -1,7 +1,7 @@
-"""Clinical ceilings: the most any profile or clinic may allow, per modality (DESIGN §3).
+"""Clinical ceilings: the most any profile or clinic may allow, per modality (docs/design.md §3.2).
 
 These are modality knowledge, so they live in code and not in editable profile
-text (DESIGN §2.11). A profile's clinical limits, regimes, derived limits,
+text (docs/design.md §2.11). A profile's clinical limits, regimes, derived limits,
 interlocks and rules may only narrow them: validation refuses a profile that
 goes past a ceiling or lacks a limit a ceiling requires, and at request time
 the effective limit is the tightest of ceiling, absolute and clinical, so even a
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 CEILING = "ceiling"
 DURATION = "duration_s"
 
-# -- the table (DESIGN §3 limits table) -------------------------------------------
+# -- the table (docs/design.md §3.2: the values live only here) -------------------
 # All modalities: a session is at most 30 min.
 SESSION_MAX_S = 1800.0
 # Heat: pad setpoint at most 45 degC, and stop when the pad passes 45 degC.

@@ -1,7 +1,7 @@
 """Clinic times at the command line: typed in local time, stored in UTC, shown in local time.
 
 `now()` is the one wall clock the booking commands and `modctl serve` read, so tests can replace
-it. Nothing here ever times an output: sessions run on `time.monotonic()` (DESIGN §2.3).
+it. Nothing here ever times an output: sessions run on `time.monotonic()` (docs/design.md §2.3).
 
 Typed dates and times are read by ASCII patterns of our own, never by `int()` or
 `datetime.fromisoformat` on the raw text (both accept digits of other scripts, "٠٩:٣٠"), and

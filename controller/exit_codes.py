@@ -1,4 +1,4 @@
-"""Exit statuses (DESIGN §4): a stable contract for scripts and tests."""
+"""Exit statuses (docs/design.md §4.3): a stable contract for scripts and tests."""
 
 EXIT_OK = 0
 EXIT_INVALID = 1          # validation found problems (profiles validate, plan validate)

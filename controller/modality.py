@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from controller import modality_tens as tens
 from controller import modality_thermal as thermal
@@ -20,9 +20,6 @@ from controller import modality_ultrasound as ultrasound
 from controller.ceilings import ceilings_for, effective_rule, tightest_max
 from controller.limits import effective_interlocks
 from controller.profile import Profile
-
-if TYPE_CHECKING:
-    from controller.prescription import Prescription
 
 Value = float | int | str
 Clock = ultrasound.Clock
@@ -32,6 +29,21 @@ FACT_MAX_RAMP = "max_ramp_s"
 # A profile rule giving the device's longest start ramp (optional until the
 # TENS contract lists it; a device fact of the same name takes precedence).
 RULE_MAX_RAMP = "max_ramp_s"
+
+
+class Prescription(Protocol):
+    """What the modality reads of a prescription (controller.prescription.Prescription):
+    a structural type, so this module never imports the prescription module that
+    imports it."""
+
+    @property
+    def values(self) -> Mapping[str, Value]: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def regimes(self) -> tuple[str, ...]: ...
+    @property
+    def facts(self) -> Mapping[str, float]: ...
 
 
 class DoseMeter(Protocol):

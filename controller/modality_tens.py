@@ -95,7 +95,7 @@ class RestoreRefused(Exception):
 
 
 class NoRestore:
-    """The no-restore rule (DESIGN §2.8) for one channel, as a tiny state machine.
+    """The no-restore rule (docs/design.md §2.8) for one channel, as a tiny state machine.
 
     `start(request_id)` consumes the operator's prescription: each one starts an
     output once. After `interrupt` (lead off, e-stop, reconnect, restart) the

@@ -1,7 +1,7 @@
 """Therapeutic ultrasound: acoustic power, energy dose, coupling hold, applicator heat.
 
 Pure code with an injectable monotonic clock. Treatment time counts only while
-the applicator is coupled (DESIGN §2.7): the planned end moves later by the time
+the applicator is coupled (docs/design.md §2.7): the planned end moves later by the time
 spent without contact, up to the profile's `max_contact_hold_s` in total.
 """
 

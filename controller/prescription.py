@@ -1,6 +1,6 @@
 """The operator's request as a validated prescription, before anything reaches a device.
 
-Values are checked, never rounded or clipped (DESIGN §2.6): a value off the step
+Values are checked, never rounded or clipped (docs/design.md §2.6): a value off the step
 grid, outside the effective limit or outside the allowed set is refused with a
 message naming the parameter, the value and the limit. Every problem is
 collected before `PrescriptionRejected` is raised. The prescription records the
@@ -285,7 +285,7 @@ def apply_device_facts(profile: Profile, prescription: Prescription,
     """
     merged = {**prescription.facts, **facts}
     checked, problems = _with_facts(profile, prescription, prescription.values, merged)
-    # After identification nothing may stay unchecked (DESIGN §2.1).
+    # After identification nothing may stay unchecked (docs/design.md §2.1).
     missing = ", ".join(sorted(modality_for(profile).needs_facts - set(merged)))
     problems += [Problem(name, "", f"{name} cannot be checked: the device did not report "
                          f"{missing or 'the facts it needs'}") for name in checked.pending]

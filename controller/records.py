@@ -3,7 +3,7 @@
 All database access lives here, behind `RecordStore`, so a server database can replace the
 embedded SQLite file later without touching callers.
 
-Durability (DESIGN §2 invariant 9): every `add_event` is its own committed transaction, in WAL
+Durability (docs/design.md §2.9): every `add_event` is its own committed transaction, in WAL
 mode with ``synchronous=FULL``. NORMAL would survive a crash of the controller process but may
 lose the last commits on a power cut or an OS crash; a treatment record must survive those too,
 so each commit is fsynced. Telemetry is the one exception (see `add_sample`).

@@ -28,7 +28,7 @@ widths = st.integers(min_value=20, max_value=500)
 freqs = st.integers(min_value=1, max_value=250)
 
 
-# -- DESIGN §3 reference value -------------------------------------------------------
+# -- reference value of docs/design.md §3.4 ------------------------------------------
 def test_charge_per_phase_reference_value() -> None:
     assert charge_per_phase_uc(25.0, 200.0) == pytest.approx(5.0)
 

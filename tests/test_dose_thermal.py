@@ -33,7 +33,7 @@ def constant(temp_c: float, seconds: float, step_s: float = 1.0) -> Cem43Accumul
     return acc
 
 
-# -- DESIGN §3 reference values ---------------------------------------------------
+# -- reference values of docs/design.md §3.4 --------------------------------------
 @pytest.mark.parametrize(("temp", "minutes", "cem"), [
     (44.0, 1, 2.0), (42.0, 1, 0.25), (45.0, 1, 4.0), (41.0, 20, 1.25), (43.0, 1, 1.0)])
 def test_reference_values_closed_form(temp: float, minutes: float, cem: float) -> None:

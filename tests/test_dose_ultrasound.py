@@ -46,7 +46,7 @@ def meter(clock: FakeClock, *, duty: float = 100.0, era: float | None = 5.0,
                                applicator_temp_max_c=41.0, energy_max_j=10000.0, clock=clock)
 
 
-# -- DESIGN §3 reference values ---------------------------------------------------
+# -- reference values of docs/design.md §3.4 --------------------------------------
 def test_nominal_energy_reference_values() -> None:
     assert nominal_energy_j(1.5, 5.0, 100, 300) == pytest.approx(2250.0)
     assert nominal_energy_j(1.5, 5.0, 20, 300) == pytest.approx(450.0)

@@ -6,7 +6,7 @@ with a records database of its own, and asserts:
 
 1. the output ends stopped, by the simulator's own state (its output history ends "off";
    where the controller cannot confirm the stop, the device watchdog is waited for);
-2. the outcome and exit status are the ones DESIGN section 4 defines for that fault;
+2. the outcome and exit status are the ones docs/design.md §4.3-4.4 define for that fault;
 3. the fault struck in the phase the case names (read back from the session's state events)
    and the report's reason names the fault (for impairments the retry budget absorbs, the
    session completes instead);
@@ -21,8 +21,8 @@ start), so by itself it can strike only while an output runs:
 * ``ramping`` (ES-4 only: the other devices have no ramp) and ``delivering`` use the
   simulator's own schedule unchanged (``FaultPlan(lead_off_at=0.4)`` ...), except the US-300
   over-temperature: its trip shows only in telemetry read by several queries, and one that
-  falls between two queries of a poll is misread (BUG_TORN_TELEMETRY, reproduced on its own
-  by `test_interlock_between_two_telemetry_queries_is_named`), so the matrix switches it on
+  falls between two queries of a poll was misread before the fix (proved on its own by
+  `test_interlock_between_two_telemetry_queries_is_named`), so the matrix still switches it on
   right after a poll, some 40 ms before the trip.
 * ``arming`` and ``stopping`` use a trigger on the controller's side of the link: the
   session's device link is wrapped (``Session(link_factory=...)``) so that just before the
@@ -131,12 +131,7 @@ class Case:
     after_poll: bool = False
     """Strike right after a telemetry poll (at the phase's strike time) instead of by the
     simulator's schedule: for faults the device reports only through telemetry, so that the
-    change cannot fall between the queries of one poll (see BUG_TORN_TELEMETRY)."""
-    bug: str = ""
-    """Set when a known bug makes this case fail: it is then a strict xfail."""
-    racy: bool = False
-    """The bug shows only when two sub-millisecond latencies fall one way (consistently so
-    on the machines tried): a non-strict xfail, the bug reproduced by a strict test."""
+    change cannot fall between the queries of one poll (see the module docstring)."""
 
     @property
     def id(self) -> str:
@@ -166,7 +161,7 @@ class Case:
         return self.planned_s + (2.0 if lost else 0.0) + (1.0 if self.phase == "stopping" else 0)
 
 
-# -- what DESIGN section 4 expects, by kind of fault ---------------------------------------
+# -- what docs/design.md §4.3-4.4 expect, by kind of fault ---------------------------------
 
 def completed() -> Expect:
     return Expect("completed", "controller", ("planned duration delivered",), True)
@@ -202,10 +197,6 @@ def rejected(*words: str) -> Expect:
     return Expect("rejected", "", words, None, output_started=False)
 
 
-BUG_REFUSED_START = ""  # fixed; kept so the cases read as before
-BUG_STOP_CAUSE = ""  # fixed; kept so the cases read as before
-BUG_TORN_TELEMETRY = ""  # fixed; kept so the cases read as before
-BUG_SCPI_LATE_REPLY = ""  # fixed; kept so the cases read as before
 
 
 def _cases() -> list[Case]:
@@ -223,9 +214,7 @@ def _cases() -> list[Case]:
                               level="all"))
             # Replies slower than the reply timeout: a retry may still catch a late reply
             # to the same request (absorbed), or the budget runs out (a link fault).
-            racy = pid == "us-300" and phase in ("arming", "delivering")
-            cases.append(Case(pid, "delay_ms", phase, 300.0, SLOW_LINK, level="beyond",
-                              bug=BUG_SCPI_LATE_REPLY if racy else "", racy=racy))
+            cases.append(Case(pid, "delay_ms", phase, 300.0, SLOW_LINK, level="beyond"))
         # Levels the retry budget absorbs, all session long.
         cases.append(Case(pid, "garble", "session", 0.1, (completed(),), also={"seed": 3},
                           level="absorbed"))
@@ -240,10 +229,9 @@ def _cases() -> list[Case]:
                       (interlock("pad temperature", "under-temperature"),),
                       settings={"temperature_c": "12"}, prepare="cold_pad"))
     for phase in ("arming", "delivering", "stopping"):
-        bug = {"arming": BUG_REFUSED_START, "stopping": BUG_STOP_CAUSE}.get(phase, "")
         # Struck while arming, the device refuses the start: its output never comes on.
         cases.append(Case("hc-200", "pad_off_at", phase, strike_time("hc-200", phase),
-                          (interlock("pad", started=phase != "arming"),), bug=bug))
+                          (interlock("pad", started=phase != "arming"),)))
     # A sensor reading twice the truth reads 64 degC at power-up: the device latches its
     # over-temperature trip before anything starts. A small error cannot be seen in a
     # session (the device regulates on its own sensor): that is calibration's job.
@@ -256,7 +244,7 @@ def _cases() -> list[Case]:
     cases.append(Case("us-300", "overtemp_at", "delivering", None, (interlock("applicator"),),
                       settings={**SETTINGS["us-300"], "intensity_w_cm2": "1.0"},
                       prepare="warm_head", after_poll=True))
-    # Coupling lost for 0.5 s: the output holds and the session end moves (DESIGN 2.7).
+    # Coupling lost for 0.5 s: the output holds and the session end moves (docs/design.md §2.7).
     cases.append(Case("us-300", "contact_lost", "delivering", (0.5, 1.0), (completed(),)))
     cases.append(Case("us-300", "no_applicator", "identifying", True,
                       (rejected("applicator", "fault 2"),)))
@@ -264,15 +252,13 @@ def _cases() -> list[Case]:
 
     # ES-4 TENS.
     for phase in ("ramping", "delivering", "stopping"):
-        bug = BUG_STOP_CAUSE if phase == "stopping" else ""
         cases.append(Case("es-4", "lead_off_at", phase, strike_time("es-4", phase),
-                          (interlock("lead off"),), bug=bug))
+                          (interlock("lead off"),)))
         cases.append(Case("es-4", "overcurrent_at", phase, strike_time("es-4", phase),
-                          (interlock("over-current"),), bug=bug))
+                          (interlock("over-current"),)))
     for phase in ("arming", "ramping", "delivering", "stopping"):
-        bug = {"arming": BUG_REFUSED_START, "stopping": BUG_STOP_CAUSE}.get(phase, "")
         cases.append(Case("es-4", "patient_stop_at", phase, strike_time("es-4", phase),
-                          (patient(started=phase != "arming"),), bug=bug))
+                          (patient(started=phase != "arming"),)))
     cases.append(Case("es-4", "miscal_gain", "session", 1.2, (completed(),)))
     cases.append(Case("es-4", "miscal_offset", "session", 0.5, (completed(),)))
     return cases
@@ -485,8 +471,7 @@ def assert_records_hold_everything(result: Result) -> None:
 
 
 def _param(case: Case) -> Any:
-    marks = [pytest.mark.xfail(strict=not case.racy, reason=case.bug)] if case.bug else []
-    return pytest.param(case, id=case.id, marks=marks)
+    return pytest.param(case, id=case.id)
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
@@ -498,7 +483,7 @@ def test_fault_matrix(case: Case, matrix: Matrix) -> None:
                + ", ".join(f"{'on' if c.on else 'off'} ({c.cause})" for c in changes))
     # 1. The output ended stopped, as the simulator itself sees it.
     assert not changes or not changes[-1].on, "device output left on: " + summary
-    # 2 and 3. Outcome, exit status, stop source and reason as DESIGN section 4 defines.
+    # 2 and 3. Outcome, exit status, stop source and reason as docs/design.md §4.3-4.4 define.
     assert any(matches(report, changes, e) for e in case.expect), summary
     # A slow link may be absorbed where it begins and fail a later exchange: no phase check.
     if case.phase in ("arming", "ramping", "delivering", "stopping") \

@@ -24,15 +24,14 @@ read_frame, unframe_reply and FrameDecoder) are not repeated: these go
 further in (CRC-valid frames, checksummed lines, whole engines on a scripted
 port, the device side, files and command lines).
 
-Bugs found in code this file does not own are kept as strict xfail
-regressions: they pass once the bug is fixed, and then the marker must go.
+A bug found in code this file does not own gets a regression test of its own
+here; while it is open that test is a strict xfail, and the marker goes with the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import functools
 import io
 import itertools
@@ -561,13 +560,13 @@ def test_scpi_engine_reads_values_or_raises_a_protocol_error(
         with port:
             values = engine.read([entry])
     except ProtocolViolation as exc:
-        # Should name the entry too: test_scpi_engine_violation_names_the_entry (xfail).
-        assert_clear(str(exc), entry, "field '")
+        # Names the entry: test_scpi_engine_violation_names_the_entry.
+        assert_clear(str(exc), entry)
         return
     except DeviceRefused as exc:
-        # The device's own text, control characters and all: see
-        # test_scpi_device_text_with_control_characters_is_not_passed_on (xfail).
-        assert_clear(str(exc), entry, single_line=False)
+        # The device's own text, control characters removed: see
+        # test_scpi_device_text_with_control_characters_is_not_passed_on.
+        assert_clear(str(exc), entry)
         return
     except ProtocolError as exc:
         assert isinstance(exc, (LinkTimeout, CorruptReply))
@@ -1026,9 +1025,10 @@ def get_at(node: Any, path: tuple[Any, ...]) -> Any:
     return node
 
 
-# Text without control characters or line breaks: a raw line break inside a value
-# splits its problem over two lines (test_problem_lines_stay_single_with_a_line_break_
-# in_a_value, xfail). Integers stay below 1e300 (test_huge_integer_settings_..., xfail).
+# Text without control characters or line breaks (those have their own tests:
+# test_problem_lines_stay_single_with_a_line_break_in_a_value and
+# test_control_character_in_yaml_is_one_line_with_its_line); integers up to 1e300
+# (larger: test_huge_integer_settings_are_rejected_not_a_crash).
 TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cs", "Zl", "Zp"]),
                max_size=20)
 SCALARS = st.one_of(
@@ -1111,15 +1111,8 @@ YAMLISH = st.text(alphabet=string.ascii_lowercase[:6] + "0123456789:-{}[]&*!|>'\
                   max_size=200)
 
 
-# yaml.ReaderError's text is two lines and has no line number: see
-# test_control_character_in_yaml_is_one_line_with_its_line (xfail).
-KNOWN_TWO_LINE = re.compile(r'.*: YAML error: unacceptable character #x[0-9a-f]{4}: '
-                            r'special characters are not allowed\n  in "<unicode string>", '
-                            r'position \d+')
-
-
 def check_problem_line(problem: str) -> None:
-    assert_clear(problem, single_line=KNOWN_TWO_LINE.fullmatch(problem) is None)
+    assert_clear(problem)
 
 
 def retyped_keys(mutation: str) -> list[str]:
@@ -1285,11 +1278,6 @@ def check_plan_result(path: Path, mutation: str = "") -> bool:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(plan_module, "resolve_profile", _resolve_cached)
             plan = load_plan_file(path)
-    except OSError as exc:
-        # A long text moved into devices.ROLE.profile: the known bug of
-        # test_overlong_profile_or_plan_names_are_refused_not_a_crash (xfail).
-        assert exc.errno == errno.ENAMETOOLONG, exc
-        return False
     except PlanError as exc:
         assert exc.problems, "PlanError without problems"
         for problem in exc.problems:
@@ -1452,14 +1440,6 @@ def test_build_prescription_accepts_only_what_the_limits_allow(
                 "\n" in v or "\r" in v for v in settings_.values()), echoed=sum(map(len, pairs)))
         return
     numeric_limits_hold(prof, rx)
-
-
-HUGE_INTEGER_BUG = (
-    "bug: controller/prescription.py _parse_value returns int(text) for an integer "
-    "parameter with no bound on its size: 400 digits raise OverflowError in "
-    "build_prescription (active_regimes' float()), 5000 digits raise ValueError from int() "
-    "(sys.get_int_max_str_digits); `modctl session run es-4 --set frequency_hz=<400 nines>` "
-    "exits 70 'internal error' and load_plan_file lets OverflowError out")
 
 
 @pytest.mark.parametrize("digits", [400, 5000])

@@ -25,7 +25,7 @@ from controller.history import (
 from controller.records import RecordStore
 
 PROFILE_OF = {"thermal": "hc-200", "ultrasound": "us-300", "tens": "es-4"}
-# The reference doses of DESIGN §3, one session each.
+# The reference doses of docs/design.md §3.4, one session each.
 HEAT_44 = {"cem43_min": 2.0, "output_s": 60.0, "max_pad_temp_c": 44.0, "min_pad_temp_c": 43.8}
 HEAT_41 = {"cem43_min": 1.25, "output_s": 1200.0, "max_pad_temp_c": 41.0}
 US_CONT = {"energy_j": 2250.0, "nominal_energy_j": 2250.0, "treatment_s": 300.0, "hold_s": 0.0}

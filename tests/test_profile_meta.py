@@ -1,7 +1,7 @@
 """Meta-tests over every shipped device profile.
 
 Loading proves a profile is well formed; these tests check that it is *right*:
-limits sane and carrying DESIGN §3's clinical defaults, every operation
+limits sane and at the clinical ceilings (docs/design.md §3.3), every operation
 driveable on the device as its map describes it, the device backstops able to
 hold what the controller arms them with, and the map faithful to the vendor's
 interface document (expected values are copied here as literals).
@@ -413,7 +413,7 @@ def test_json_schema_rejects_what_the_loader_rejects(change: str) -> None:
     assert not schema_validator().is_valid(data)
 
 
-# -- DESIGN §3 clinical defaults -----------------------------------------------------
+# -- clinical limits at the ceilings (docs/design.md §3.3) ---------------------------
 
 def by_modality(modality: str) -> list[str]:
     return [pid for pid in PIDS if profile(pid).modality == modality]
