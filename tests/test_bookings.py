@@ -251,6 +251,10 @@ def test_book_start_runs_the_session_on_the_registered_device(
         session = store.get_session(report["session_id"])
     assert session is not None
     assert (session.patient, session.operator, session.port) == ("P-0042", "alice", device.port)
+    # Booking and session both record the profile file they ran on (issue 10 item 2).
+    booked = next(iter(booking.profiles.values()))
+    assert booked["id"] == "hc-200" and booked["path"].endswith("hc-200.yaml")
+    assert len(booked["sha256"]) == 64 and session.profile_sha256 == booked["sha256"]
     actions = [a[1] for a in audit(db) if a[2] == "booking/1"]
     assert actions == ["booking.add", "booking.started", "booking.done"]
     assert modctl("book", "start", "1") == 3

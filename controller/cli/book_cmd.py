@@ -33,6 +33,7 @@ from controller.clinic_records import BookingRow
 from controller.plan import Plan
 from controller.plan_runner import run_plan_booking
 from controller.prescription import parse_duration, parse_settings
+from controller.profile_loader import profile_file
 from controller.roles import load_roles
 from controller.session_start import SessionStarter
 
@@ -155,7 +156,7 @@ def _add(args: argparse.Namespace) -> int:
             plan=args.plan, settings=settings,
             modalities=[prof.modality for _, prof in found.values()], patient=patient,
             starts_at=starts_at, duration_s=duration, actor=operator,
-            min_interval_s=interval_s)
+            min_interval_s=interval_s, profiles=_profile_files(found))
     print(f"booked {booking.id}: {_line(booking)}")
     return EXIT_OK
 
@@ -276,6 +277,15 @@ def _start_plan(starter: SessionStarter, booking: BookingRow, devices: rules.Boo
         store.mark_booking(booking.id, "booked" if again else "done", operator,
                            list(session_ids), note=f"plan run exit status {status}")
     return int(status)
+
+
+def _profile_files(found: rules.Booked) -> dict[str, dict[str, str]]:
+    """By role, the profile file each booked device will run on: id, path and SHA-256."""
+    out: dict[str, dict[str, str]] = {}
+    for role, (_device, profile) in found.items():
+        path, sha256 = profile_file(profile)
+        out[role] = {"id": profile.id, "path": path, "sha256": sha256}
+    return out
 
 
 def _what(b: BookingRow) -> str:
