@@ -33,7 +33,7 @@ SESSION_VARIABLES: frozenset[str] = frozenset({
 # `arm` writes the device watchdog from this variable, into a field in seconds.
 WATCHDOG_VARIABLE = "watchdog_s"
 # The device session timer is loaded from this variable, in `arm` or, for devices whose
-# start command carries the duration (ES-4), in `start` itself.
+# start command carries the duration (framed START), in `start` itself.
 TIMER_VARIABLE = "timer_s"
 ARM_OPERATION = "arm"
 START_OPERATION = "start"

@@ -24,7 +24,8 @@ from controller.modality_contract import (
     Modality,
 )
 from controller.profile_backstops import check_backstops, check_ceilings
-from controller.profile_grid import INTEGRAL_TYPES, first_off_grid
+from controller.profile_grid import INTEGRAL_TYPES as INTEGRAL_TYPES  # re-exported
+from controller.profile_grid import first_off_grid
 from controller.profile_sections import (
     CALIBRATION_READINGS,
     Bound,
@@ -259,7 +260,7 @@ class Profile(StrictModel):
 
     def _check_ranges(self) -> list[str]:
         """Every value the controller may write for a `$variable` fits the device field."""
-        out = []
+        out: list[str] = []
         for op, steps in self.operations.defined().items():
             for i, step in enumerate(steps):
                 if step.write is None:
@@ -414,8 +415,8 @@ WORD_MAX = (1 << WORD_BITS) - 1
 def device_identity(profile: Profile, identify_results: Mapping[str, Scalar]) -> dict[str, str]:
     """{"model", "serial", "firmware"} as text, from the `identify` operation's results.
 
-    Text results are kept as the device reports them ("US-300"); numbers become
-    decimal text (the HC-200's model register 0x4843 -> "18499", its firmware
+    Text results are kept as the device reports them (a model name); numbers become
+    decimal text (a model register 0x4843 -> "18499", a firmware
     register 105 -> "105"). A `serial` list is 16-bit words, most significant first,
     combined into one number; a `firmware` list is version parts joined with dots.
     Raises IdentityError when the profile has no `identity` section or a result is

@@ -1,6 +1,6 @@
 """Profile checks that protect the patient: the device backstops and the clinical ceilings.
 
-What protects the patient must not rest on editable text (DESIGN §2.11), so a
+What protects the patient must not rest on editable text (docs/design.md §2.11), so a
 profile is refused unless its data proves:
 - `arm` arms the device watchdog from `$watchdog_s`, and the device session timer
   is loaded from `$timer_s` (in `arm`, or in the `start` write itself for devices
@@ -158,7 +158,7 @@ def _literal(args: Mapping[str, Scalar]) -> bool:
 
 
 def _is_off_command(pmap: object, entry: str, ops: Mapping[str, list[Step]]) -> bool:
-    """An action command no other operation uses (ABORt, ES-4 ESTOP / STOP)."""
+    """An action command no other operation uses (an SCPI ABORt, a framed ESTOP / STOP)."""
     used = {n for op in _NOT_OFF for s in ops.get(op, [])
             for n in ([s.write] if s.write else []) + list(s.read or [])}
     if entry in used:

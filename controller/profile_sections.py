@@ -232,9 +232,9 @@ class Identity(StrictModel):
     """Which identification results hold the device's model, serial number and firmware.
 
     Keys are result keys of the `identify` operation. `serial` as a list is unsigned
-    16-bit words, most significant first, combined into one number (HC-200
+    16-bit words, most significant first, combined into one number (a Modbus
     serial_hi, serial_lo); `firmware` as a list is version parts joined with dots
-    (ES-4 fw_major, fw_minor -> "1.4").
+    (framed fw_major, fw_minor -> "1.4").
     """
 
     model: ResultKey
@@ -260,7 +260,7 @@ class FaultCode(StrictModel):
     model_config = ConfigDict(serialize_by_alias=True)
 
     label: str = Field(min_length=1)
-    """As the manual words it: "applicator over-temperature"."""
+    """As the manual words it; shown in stop reasons and refusals."""
     class_: FaultClass = Field(alias="class")
     name: Identifier | None = None
     """What the fault is, in the modality's words (`over_temperature`, `watchdog_expired`):

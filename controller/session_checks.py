@@ -18,7 +18,7 @@ from controller.profile import Profile
 from protocols.engine import DeviceEvent
 from protocols.map_framed import EventKind
 
-# Outcomes and who ended the output (DESIGN §4).
+# Outcomes and who ended the output (docs/design.md §4.4).
 COMPLETED, ABORTED, FAULT, REJECTED = "completed", "aborted", "fault", "rejected"
 BY_CONTROLLER, BY_DEVICE_TIMER, BY_DEVICE_WATCHDOG = "controller", "device_timer", \
     "device_watchdog"
@@ -122,7 +122,8 @@ def explain_stop(profile: Profile, t: Mapping[str, object]) -> Verdict:
         if t.get("watchdog_expired"):
             return Verdict(FAULT, BY_DEVICE_WATCHDOG, "device watchdog expired")
         if t.get("estop_latched"):
-            return Verdict(FAULT, BY_INTERLOCK, "device e-stop latched")
+            return Verdict(FAULT, BY_INTERLOCK, "device e-stop latched (over-current or "
+                                                "patient stop)")
         if faults:
             return faults[0].verdict()
         if _int(t.get("remaining_s")) == 0:

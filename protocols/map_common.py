@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -10,6 +10,16 @@ Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=48)]
 """Names of map entries and fields: lower-case, digits and underscores."""
 
 Scalar = int | float | str | bool
+
+ResultKind = Literal["number", "flag", "text"]
+"""How a read result arrives: a number, a yes/no flag (a named bit), or text."""
+
+FaultClass = Literal["none", "interlock", "device_fault", "link", "patient", "timer"]
+"""What a device fault code or event means for a session, whatever the device calls it:
+`none` (no fault), `interlock` (a protective trip: over-temperature, lead off),
+`device_fault` (the device failed: sensor, internal), `link` (its communication
+watchdog ran out), `patient` (the patient stopped it), `timer` (its session timer
+ended the output)."""
 
 
 def scalar_text(value: Scalar) -> str:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from protocols.map_common import Identifier, StrictModel, ValueSpec, check_bits
+from protocols.map_common import (
+    FaultClass,
+    Identifier,
+    ResultKind,
+    StrictModel,
+    ValueSpec,
+    check_bits,
+)
 
 FrameFieldType = Literal["u8", "u16", "i16", "u32", "ascii"]
 FIELD_SIZES: dict[str, int] = {"u8": 1, "u16": 2, "i16": 2, "u32": 4}
+# Relative slack when checking that a raw value sits on a field's step grid.
+STEP_SLACK = 1e-9
+# An event value shown in engineering units is rounded to this many decimals (85 x 0.1).
+VALUE_DIGITS = 9
 
 
 class FrameField(ValueSpec):
@@ -18,9 +29,15 @@ class FrameField(ValueSpec):
     length: int | None = Field(None, ge=1, le=250)
     """Byte count of an `ascii` field (NUL-padded)."""
     bits: dict[Identifier, int] | None = None
+    step: int | None = Field(None, gt=0)
+    """Raw values inside `min..max` must be whole multiples of this, counted from `min`
+    (or 0): amplitude in 0.01 mA units that takes multiples of 10 only is `scale: 0.01,
+    step: 10`. Values listed in `allowed` are accepted as listed."""
 
     @model_validator(mode="after")
     def _length_for_ascii(self) -> FrameField:
+        if self.step is not None and self.type == "ascii":
+            raise ValueError(f"field '{self.name}': ascii fields cannot have a step")
         if (self.type == "ascii") != (self.length is not None):
             raise ValueError(f"field '{self.name}': 'length' is required for ascii "
                              "fields and only for them")
@@ -33,6 +50,22 @@ class FrameField(ValueSpec):
     @property
     def size(self) -> int:
         return self.length if self.type == "ascii" and self.length else FIELD_SIZES[self.type]
+
+    def raw_in_range(self, raw: Any) -> bool:
+        if not super().raw_in_range(raw):
+            return False
+        if self.step is None or (self.allowed is not None and raw in self.allowed):
+            return True
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            return False
+        n = (raw - (self.min or 0)) / self.step
+        return abs(n - round(n)) <= STEP_SLACK * max(1.0, abs(n))
+
+    def describe_range(self) -> str:
+        text = super().describe_range()
+        if self.step is not None:
+            text += f", in steps of {self.step} from {self.min or 0:g}"
+        return text
 
 
 def _check_layout(fields: list[FrameField], where: str) -> None:
@@ -57,9 +90,37 @@ class FrameCommand(StrictModel):
         return self
 
 
-class EventKind(StrictModel):
-    name: Identifier
+class EventValue(StrictModel):
+    """What the payload's `value` field means for one kind of event."""
+
+    scale: float = Field(1.0, gt=0)
+    unit: str = ""
     description: str = ""
+    """Shown before the number: "electrode impedance" -> "(electrode impedance 12000 ohm)"."""
+
+
+class EventKind(StrictModel):
+    # Written `class:` in YAML (a Python keyword) and dumped so, so that a dump reloads.
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    name: Identifier
+    """What the event is, in the modality's words (`lead_off`, `patient_stop`)."""
+    description: str = ""
+    label: str = ""
+    """Words for the operator in the stop reason; the name with spaces when empty."""
+    class_: FaultClass = Field("device_fault", alias="class")
+    """What it means for a session (protocols/map_common.py FaultClass)."""
+    value: EventValue | None = None
+
+    def text(self, raw_value: object) -> str:
+        """The stop reason: the label, and the value in its unit when the kind gives one."""
+        words = self.label or self.name.replace("_", " ")
+        v = self.value
+        if v is None or isinstance(raw_value, bool) or not isinstance(raw_value, (int, float)):
+            return words
+        number = round(raw_value * v.scale, VALUE_DIGITS)
+        shown = " ".join(p for p in (v.description, f"{number:g}", v.unit) if p)
+        return f"{words} ({shown})"
 
 
 class EventFrames(StrictModel):
@@ -138,6 +199,15 @@ class FramedMap(StrictModel):
             if f.bits:
                 keys |= {f"{name}.{f.name}.{b}" for b in f.bits}
         return keys
+
+    def result_kind(self, key: str) -> ResultKind | None:
+        entry, _, rest = key.partition(".")
+        cmd = self.commands.get(entry)
+        name, _, bit = rest.partition(".")
+        field = next((f for f in cmd.reply if f.name == name), None) if cmd else None
+        if field is None or (bit and bit not in (field.bits or {})):
+            return None
+        return "flag" if bit else ("text" if field.type == "ascii" else "number")
 
     def arg_spec(self, entry: str, arg: str) -> ValueSpec | None:
         cmd = self.commands.get(entry)

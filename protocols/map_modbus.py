@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from protocols.map_common import Identifier, StrictModel, ValueSpec, check_bits
+from protocols.map_common import Identifier, ResultKind, StrictModel, ValueSpec, check_bits
 
 RegisterType = Literal["int16", "uint16", "bits"]
 STANDARD_EXCEPTIONS: dict[int, str] = {
@@ -82,6 +82,13 @@ class ModbusMap(StrictModel):
         if found[1].bits:
             keys |= {f"{name}.{bit}" for bit in found[1].bits}
         return keys
+
+    def result_kind(self, key: str) -> ResultKind | None:
+        """Registers read as numbers; a named bit (`status.output_enabled`) as a flag."""
+        name, _, bit = key.partition(".")
+        if key not in self.result_keys(name):
+            return None
+        return "flag" if bit else "number"
 
     def arg_spec(self, entry: str, arg: str) -> ValueSpec | None:
         """The accepted values of one write argument (a holding register's `value`)."""

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from protocols.map_common import Identifier, StrictModel, ValueSpec
+from protocols.map_common import Identifier, ResultKind, StrictModel, ValueSpec
 
-FieldType = Literal["int", "float", "enum", "text", "quoted", "date"]
+FieldType = Literal["int", "float", "enum", "text", "quoted", "date", "token"]
+# Field types whose value is a number once read (a token stands for a number).
+NUMERIC_TYPES = frozenset({"int", "float", "token"})
+# Reply field separators a query may declare.
+Separator = Literal[",", ";", " "]
+# A token is sent bare: printable ASCII without space, comma, quote, asterisk or
+# semicolon, so it can never change how a line is split (colons are fine: "1:4").
+TOKEN_PATTERN = re.compile(r"[\x21\x23-\x29\x2B\x2D-\x3A\x3C-\x7E]+")
+# Keys that describe a numeric range; a token field's values are its tokens instead.
+_NOT_FOR_TOKENS = ("min", "max", "allowed", "step", "decimals")
 # A header is colon-separated keywords; the upper-case part of each is its short form.
 HEADER_PATTERN = r"^\*?[A-Za-z][A-Za-z0-9]*(:[A-Za-z][A-Za-z0-9]*)*$"
 
@@ -23,12 +32,74 @@ class ScpiField(ValueSpec):
     """Digits after the point when the host formats a float."""
     step: float | None = Field(None, gt=0)
     optional: bool = False
+    tokens: dict[int | float, str] | None = None
+    """For `type: token`: the word sent and read for each value, `{100: CW, 20: "1:4"}`.
+    Used both ways, for set arguments and for replies. Quote every token that YAML
+    could read as something else ("1:4", "ON", "1e3")."""
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens_are_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, token in value.items():
+                if not isinstance(token, str):
+                    raise ValueError(
+                        f"the token for {key!r} reads as {token!r} ({type(token).__name__}), "
+                        "not text: quote every token, e.g. \"1:4\" (YAML 1.1 reads an "
+                        "unquoted 1:4 as the number 64, and ON as true)")
+                if isinstance(key, bool) or not isinstance(key, (int, float)):
+                    raise ValueError(f"the value {key!r} of token {token!r} must be a number "
+                                     "(the engineering value the token stands for)")
+        return value
 
     @model_validator(mode="after")
     def _enum_has_values(self) -> ScpiField:
         if self.type == "enum" and not self.allowed:
             raise ValueError(f"enum field '{self.name}' needs 'allowed' values")
+        if (self.type == "token") != (self.tokens is not None):
+            raise ValueError(f"field '{self.name}': 'tokens' is required for token fields "
+                             "and only for them")
+        if self.tokens is not None:
+            given = [k for k in _NOT_FOR_TOKENS if getattr(self, k) is not None]
+            if given or self.scale != 1.0:
+                raise ValueError(f"field '{self.name}': a token field takes its values "
+                                 f"from 'tokens'; drop {', '.join(given) or 'scale'}")
+            if not self.tokens:
+                raise ValueError(f"field '{self.name}': 'tokens' must list at least one")
+            seen: dict[str, str] = {}
+            for token in self.tokens.values():
+                if TOKEN_PATTERN.fullmatch(token) is None:
+                    raise ValueError(f"field '{self.name}': token {token!r} must be printable "
+                                     "ASCII without spaces, commas, quotes, asterisks or "
+                                     "semicolons")
+                if token.upper() in seen:
+                    raise ValueError(f"field '{self.name}': tokens {seen[token.upper()]!r} "
+                                     f"and {token!r} are the same word (tokens are "
+                                     "case-blind)")
+                seen[token.upper()] = token
         return self
+
+    def token_for(self, value: Any) -> str | None:
+        """The token that stands for a value (None: no token does)."""
+        if self.tokens is None or isinstance(value, bool) \
+                or not isinstance(value, (int, float)):
+            return None
+        return next((t for v, t in self.tokens.items() if v == value), None)
+
+    def value_of(self, token: str) -> int | float | None:
+        """The value a token stands for, case-blind (None: not a token of this field)."""
+        wanted = token.strip().upper()
+        return next((v for v, t in (self.tokens or {}).items() if t.upper() == wanted), None)
+
+    def raw_in_range(self, raw: Any) -> bool:
+        if self.tokens is not None:
+            return self.token_for(raw) is not None
+        return super().raw_in_range(raw)
+
+    def describe_range(self) -> str:
+        if self.tokens is not None:
+            return "one of " + ", ".join(f"{v:g} ({t})" for v, t in self.tokens.items())
+        return super().describe_range()
 
 
 class ScpiCommand(StrictModel):
@@ -41,7 +112,9 @@ class ScpiCommand(StrictModel):
     set: list[ScpiField] | None = None
     """`HEADER arg[,arg...]` is accepted, with these argument fields."""
     query: list[ScpiField] | None = None
-    """`HEADER?` is accepted and answers these comma-separated fields."""
+    """`HEADER?` is accepted and answers these fields, in this order."""
+    reply_separator: Separator = ","
+    """What separates the fields of the query's answer; `" "` takes runs of spaces."""
     needs_service: bool = False
     refused_while_on: bool = False
 
@@ -107,6 +180,14 @@ class ScpiMap(StrictModel):
         if cmd is None or cmd.query is None:
             return set()
         return {f"{name}.{f.name}" for f in cmd.query}
+
+    def result_kind(self, key: str) -> ResultKind | None:
+        entry, _, name = key.partition(".")
+        cmd = self.commands.get(entry)
+        field = next((f for f in cmd.query or [] if f.name == name), None) if cmd else None
+        if field is None:
+            return None
+        return "number" if field.type in NUMERIC_TYPES else "text"
 
     def arg_spec(self, entry: str, arg: str) -> ValueSpec | None:
         cmd = self.commands.get(entry)

@@ -154,7 +154,8 @@ class ScpiEngine:
             raise ValueRejected(f"{entry}: {cmd.header} has no query form")
         line = self._frame(codec.request_body(self._headers[entry], query=True))
         keys = [f"{entry}.{f.name}" for f in cmd.query]
-        query = self._queries[entry] = (line, keys, codec.FieldsParser(cmd.query))
+        query = self._queries[entry] = (line, keys,
+                                       codec.FieldsParser(cmd.query, cmd.reply_separator))
         return query
 
     def _frame(self, body: str) -> bytes:

@@ -117,21 +117,27 @@ def parse_error(text: str, prefix: str) -> tuple[int, str] | None:
     return int(match.group(1)), unquote(match.group(2))
 
 
-def split_fields(text: str) -> list[str]:
-    """Split on commas outside double quotes (inside, `""` is a literal quote)."""
+def split_fields(text: str, separator: str = ",") -> list[str]:
+    """Split on `separator` outside double quotes (inside, `""` is a literal quote).
+
+    A space separator takes runs of spaces (and ignores them at both ends)."""
+    if separator == " ":
+        text = text.strip(" ")
     if '"' not in text:
-        return text.split(",")
+        return text.split() if separator == " " else text.split(separator)
     tokens: list[str] = []
     start, in_quotes = 0, False
     for i, char in enumerate(text):
         if char == '"':
             in_quotes = not in_quotes  # a doubled quote toggles twice: stays inside
-        elif char == "," and not in_quotes:
+        elif char == separator and not in_quotes:
             tokens.append(text[start:i])
             start = i + 1
     if in_quotes:
         raise CorruptReply(f"unterminated quoted string in {text!r}")
     tokens.append(text[start:])
+    if separator == " ":
+        tokens = [t for t in tokens if t]
     return tokens
 
 
@@ -198,6 +204,14 @@ def field_parser(field: ScpiField) -> Converter:
                                         f"{', '.join(exact)}")
             return value
         return parse_enum
+    if field.type == "token":
+        def parse_token(token: str) -> Scalar:
+            value = field.value_of(token)
+            if value is None:
+                raise ProtocolViolation(f"field '{name}': {token!r} is not one of "
+                                        f"{', '.join((field.tokens or {}).values())}")
+            return value
+        return parse_token
     if field.type == "quoted":
         return unquote
     if field.type == "date":
@@ -213,15 +227,16 @@ def field_parser(field: ScpiField) -> Converter:
 class FieldsParser:
     """Splits a query answer into the typed values of its fields, in order."""
 
-    def __init__(self, fields: Sequence[ScpiField]) -> None:
+    def __init__(self, fields: Sequence[ScpiField], separator: str = ",") -> None:
         self._converters = [field_parser(f) for f in fields]
+        self._separator = separator
         self._max = len(fields)
         # Optional fields may be left off the end of an answer.
         required = [i for i, f in enumerate(fields) if not f.optional]
         self._min = required[-1] + 1 if required else 0
 
     def parse(self, text: str) -> list[Scalar]:
-        tokens = split_fields(text)
+        tokens = split_fields(text, self._separator)
         if not self._min <= len(tokens) <= self._max:
             want = (str(self._max) if self._min == self._max
                     else f"{self._min}..{self._max}")
@@ -273,6 +288,12 @@ def format_value(where: str, field: ScpiField, value: Scalar) -> str:
     """One argument token for an engineering value; ValueRejected if the device would refuse it."""
     def reject(why: str) -> ValueRejected:
         return ValueRejected(f"{where}: {field.name}={value!r} refused: {why}")
+
+    if field.type == "token":
+        token = field.token_for(value)
+        if token is None:
+            raise reject(f"no token stands for it (accepted: {accepted_range(field)})")
+        return token
 
     if field.type in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -129,5 +129,20 @@ class ModelBase:
             self.first_output_at = now
         self.history.append(OutputChange(now, on, cause, channel))
 
+    def reported_fault_code(self, internal: int, names: dict[int, str]) -> int:
+        """The code the profile gives a fault this model knows by its own number.
+
+        `names` gives each of the model's numbers the modality's name for the fault
+        (`over_temperature`); the profile's `faults` tables say which code carries that
+        name, and which code means no fault. A fault the profile does not name is sent as
+        the model's own number (what the shipped manuals use)."""
+        name = names.get(internal)
+        for table in self.profile.faults.values():
+            for code, entry in table.items():
+                if (name is None and entry.class_ == "none") or \
+                        (name is not None and entry.name == name):
+                    return code
+        return internal
+
     def last_stop(self) -> OutputChange | None:
         return next((c for c in reversed(self.history) if not c.on), None)

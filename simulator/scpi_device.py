@@ -256,7 +256,7 @@ class ScpiEndpoint:
             key = f"{name}.{f.name}"
             value = self._source_value(self.binding.source(key), key, f, now)
             tokens.append(_format(f, value, _set_field(cmd, f.name)))
-        return ",".join(tokens)
+        return cmd.reply_separator.join(tokens)
 
     def _pop_error(self, fields: list[ScpiField]) -> str:
         code, text = self.errors.popleft() if self.errors else (
@@ -271,7 +271,7 @@ class ScpiEndpoint:
                 text_done = True
             else:
                 tokens.append(_format(f, _blank(f), None))
-        return ",".join(tokens)
+        return self.map.commands[self.map.error_query].reply_separator.join(tokens)
 
     def _source_value(self, src: ReadSource, key: str, f: ScpiField, now: float) -> Scalar:
         model = self.model
@@ -344,6 +344,11 @@ def _parse_token(f: ScpiField, token: str) -> Scalar:
         if not number.is_integer():
             raise ScpiError(OUT_OF_RANGE)  # off the whole-number grid
         return int(number)
+    if f.type == "token":
+        value = f.value_of(token)
+        if value is None:
+            raise ScpiError(ILLEGAL_VALUE)  # a word this field does not take
+        return value
     if f.type == "quoted":
         if len(token) < 2 or token[0] != '"' or token[-1] != '"' \
                 or '"' in token[1:-1].replace('""', ""):
@@ -363,6 +368,8 @@ def _parse_token(f: ScpiField, token: str) -> Scalar:
 
 def _check_value(f: ScpiField, raw: Scalar) -> Scalar:
     """The engineering value of a parsed raw argument; -222 / -224 when refused."""
+    if f.type == "token":
+        return raw  # _parse_token found the value its token stands for
     if f.type in ("int", "float"):
         assert isinstance(raw, (int, float))
         if not f.raw_in_range(raw):
@@ -406,6 +413,9 @@ def _decimals(f: ScpiField, set_field: ScpiField | None) -> int:
 
 
 def _format(f: ScpiField, value: Scalar, set_field: ScpiField | None) -> str:
+    if f.type == "token":
+        token = f.token_for(value)
+        return str(value) if token is None else token
     if f.type in ("int", "float"):
         try:
             number = float(value) / f.scale
@@ -426,6 +436,8 @@ def _format(f: ScpiField, value: Scalar, set_field: ScpiField | None) -> str:
 
 
 def _blank(f: ScpiField) -> Scalar:
+    if f.tokens:
+        return next(iter(f.tokens))
     if f.type in ("int", "float"):
         return 0
     if f.type == "enum" and f.allowed:

@@ -56,6 +56,10 @@ FAULT_SENSOR_SHORT = 2
 FAULT_OVER_TEMP = 3
 FAULT_UNDER_TEMP = 4
 FAULT_PAD_DISCONNECTED = 5
+# The modality's names of these faults: a profile's `faults` table gives each its code.
+FAULT_NAMES = {FAULT_SENSOR_OPEN: "sensor_open", FAULT_SENSOR_SHORT: "sensor_short",
+               FAULT_OVER_TEMP: "over_temperature", FAULT_UNDER_TEMP: "under_temperature",
+               FAULT_PAD_DISCONNECTED: "pad_disconnected"}
 
 # Map entries no operation uses but whose meaning this model knows (HC-200 trips).
 TRIP_ENTRIES = ("trip_high", "trip_low")
@@ -132,7 +136,7 @@ class ThermalModel(ModelBase):
             "output_on": self.running,
             "temperature_c": self.reported_c(),
             "setpoint_c": self.setpoint_c,
-            "fault_code": self.fault_code,
+            "fault_code": self.reported_fault_code(self.fault_code, FAULT_NAMES),
             "elapsed_s": now - self.run_started if self.running else self.last_elapsed,
             "remaining_s": max(0.0, self.run_ends - now) if self.running else 0.0,
             "pad_connected": self.pad_connected,

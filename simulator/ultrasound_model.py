@@ -63,6 +63,9 @@ NO_FAULT = 0
 FAULT_OVERTEMP = 1
 FAULT_NO_APPLICATOR = 2
 FAULT_WATCHDOG = 3
+# The modality's names of these faults: a profile's `faults` table gives each its code.
+FAULT_NAMES = {FAULT_OVERTEMP: "over_temperature", FAULT_NO_APPLICATOR: "no_applicator",
+               FAULT_WATCHDOG: "watchdog_expired"}
 
 
 def _recent_cal_date() -> str:
@@ -134,7 +137,7 @@ class UltrasoundModel(ModelBase):
             "elapsed_s": math.floor(self.elapsed_s + EPS),
             "remaining_s": math.ceil(self._remaining() - EPS),
             "contact_pct": round(self.contact_pct(now)),
-            "fault_code": self.fault_code,
+            "fault_code": self.reported_fault_code(self.fault_code, FAULT_NAMES),
             "power_w": self.reported_power_w(),
             "applicator_temp_c": self.temperature_c,
             "intensity_w_cm2": self.intensity,

@@ -202,7 +202,7 @@ def test_fault_code_text_cannot_feed_a_check(tmp_path: Path) -> None:
     # The fault code read from a text field would be no number: refused at validation.
     text = SX5.replace("        - {name: fault, type: int}",
                        "        - {name: fault, type: text}")
-    with pytest.raises(ProfileError, match="telemetry.fault_code: source 'stat.fault' is text"):
+    with pytest.raises(ProfileError, match=r"telemetry\.fault_code: source 'stat\.fault' is text"):
         load_profile_file(write(tmp_path, text))
 
 
