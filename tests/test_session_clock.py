@@ -17,6 +17,7 @@ import pytest
 
 from controller.cli.session_cmd import run_session
 from controller.session import Session
+from controller.session_start import SessionStarter
 from tests.conftest import SimFactory
 from tests.session_helpers import make_session, on_time
 
@@ -67,7 +68,8 @@ def test_wall_clock_jump_leaves_delivered_time_unchanged(
     jumper = threading.Thread(target=jump_later)
     session = make_session("hc-200", device, PLANNED_S)
     jumper.start()
-    report = run_session(session.profile, session.rx, device.port, None, "", None, live=False)
+    report = run_session(SessionStarter(None), session.profile, session.rx, device.port, "",
+                         None, live=False)
     jumper.join()
     assert report.outcome == "completed", report.reason
     assert report.delivered_s == pytest.approx(PLANNED_S, abs=0.05)
