@@ -2,11 +2,11 @@
 
 Two directions of correction, because devices calibrate two kinds of things:
 
-- a **sensor** (HC-200 pad temperature): the device reports `raw × gain + offset`. Fitting the
+- a **sensor** (a pad's temperature): the device reports `raw × gain + offset`. Fitting the
   reference against what the device reports (`reference = a × reported + b`) and composing it
   with the gain and offset already applied gives the new pair: `gain' = a × gain`,
   `offset' = a × offset + b`. The raw reading never needs to be known.
-- an **output** (ES-4 amplitude): the device delivers `set × gain + offset` and the load sees
+- an **output** (a TENS amplitude): the device delivers `set × gain + offset` and the load sees
   some function of that. Fitting what the reference meter measures against the set level
   (`measured = a × set + b`) and asking for `measured = set` gives `gain' = gain / a`,
   `offset' = offset − b × gain / a`.

@@ -26,14 +26,14 @@ SESSION_MAX_S = 1800.0
 HEAT_SETPOINT_MAX_C = 45.0
 PAD_STOP_MAX_C = 45.0
 # CEM43 budget per session. The design leaves the budget to the profile; this caps
-# it at the shipped HC-200 budget, 60 CEM43 min: a full 30-min session at 44 degC
+# it at the shipped heat/cold unit's budget, 60 CEM43 min: a full 30-min session at 44 degC
 # (2.0 per min), one degree under the setpoint ceiling; at 45 degC it ends the session
 # after 15 min. Reported skin injury starts from a few tens of CEM43 minutes upward,
 # so no profile may allow more than one such maximal heat session.
 CEM43_BUDGET_MAX_MIN = 60.0
 # Cold: a setpoint below neutral skin temperature. 33 degC is the value the thermal
-# module's cold regime has always used (the HC-200 profile's `skin_temp_c` and its
-# cold regime's `below`); a profile may only raise it (treat more setpoints as cold).
+# module's cold regime has always used (the shipped heat/cold profile's `skin_temp_c`
+# and its cold regime's `below`); a profile may only raise it (treat more setpoints as cold).
 COLD_BELOW_C = 33.0
 COLD_SETPOINT_MIN_C = 10.0
 COLD_SESSION_MAX_S = 1200.0

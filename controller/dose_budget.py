@@ -23,7 +23,7 @@ from controller.plan import Plan
 from controller.prescription import DERIVED_SLACK, Prescription, PrescriptionRejected
 
 Planned = tuple[str, Prescription]
-"""A step's label (`step 2 'heat' (hc-200)`) and its prescription."""
+"""A step's label (`step 2 'heat' (PROFILE)`) and its prescription."""
 
 
 def accumulating(modality: str) -> dict[str, str]:

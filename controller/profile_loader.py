@@ -71,7 +71,7 @@ def profile_file(profile: Profile) -> tuple[str, str]:
 
 
 def resolve_profile(ref: str) -> LoadedProfile:
-    """A shipped profile id (`hc-200`) or the path of a YAML file."""
+    """A shipped profile id (a file stem under device_profiles/) or the path of a YAML file."""
     shipped = shipped_profile_paths()
     if ref in shipped:
         return load_profile_file(shipped[ref])

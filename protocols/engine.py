@@ -16,7 +16,7 @@ from protocols.map_common import Scalar
 
 @dataclass(frozen=True)
 class DeviceEvent:
-    """An unsolicited report from the device (ES-4 event frames)."""
+    """An unsolicited report from the device (the framed family's event frames)."""
 
     kind: str
     fields: dict[str, Scalar]

@@ -1,4 +1,5 @@
-"""`modctl demo`: simulated HC-200, US-300 and ES-4 on pseudo-terminals, a short session each."""
+"""`modctl demo`: every shipped device model simulated on a pseudo-terminal, a short session
+each."""
 
 from __future__ import annotations
 
@@ -11,23 +12,25 @@ from pathlib import Path
 from controller.cli.common import EXIT_OK
 from controller.cli.session_cmd import print_report, run_session
 from controller.prescription import build_prescription
-from controller.profile_loader import resolve_profile
+from controller.profile_loader import resolve_profile, shipped_profile_paths
 from controller.records import RecordStore
 from controller.session_start import SessionStarter
 from simulator.server import SimulatedDevice
 
-# (profile, duration in s, prescription): short, clinically plausible settings.
-DEMO_SESSIONS: tuple[tuple[str, float, dict[str, str]], ...] = (
-    ("hc-200", 6.0, {"temperature_c": "40"}),
-    ("us-300", 6.0, {"frequency_mhz": "1", "intensity_w_cm2": "1.5", "duty_pct": "20"}),
-    ("es-4", 6.0, {"frequency_hz": "100", "pulse_width_us": "200", "amplitude_ma": "20"}),
-)
+# A short, clinically plausible prescription per modality (the modality contract's parameter
+# names); the demo runs one on every shipped profile, in file order.
+DEMO_DURATION_S = 6.0
+DEMO_SETTINGS: dict[str, dict[str, str]] = {
+    "thermal": {"temperature_c": "40"},
+    "ultrasound": {"frequency_mhz": "1", "intensity_w_cm2": "1.5", "duty_pct": "20"},
+    "tens": {"frequency_hz": "100", "pulse_width_us": "200", "amplitude_ma": "20"},
+}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo", help="run a short session on each simulated device",
-        description="Start simulated HC-200, US-300 and ES-4 devices on pseudo-terminals and "
+        description="Start every shipped device model simulated on a pseudo-terminal and "
                     "run a short session on each, with the live display and the reports.")
     p.add_argument("--db", metavar="PATH",
                    help="records database (default: a new one in a temporary directory)")
@@ -44,8 +47,9 @@ def _run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     with RecordStore(db) as store:
         starter = SessionStarter(store)
-        for pid, duration, settings in DEMO_SESSIONS:
+        for pid in shipped_profile_paths():
             profile = resolve_profile(pid).profile
+            settings, duration = DEMO_SETTINGS[profile.modality], DEMO_DURATION_S
             rx = build_prescription(profile, settings, duration)
             with SimulatedDevice(profile) as device:
                 shown = ", ".join(f"{k}={v}" for k, v in settings.items())

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         description="Register a device under a name: its profile and port.")
     add.add_argument("name", metavar="NAME", help="a short name, like heat-1 or us-room2")
     add.add_argument("--profile", required=True, metavar="PROFILE",
-                     help="shipped profile id (hc-200, us-300, es-4) or a profile file")
+                     help="shipped profile id (modctl profiles list) or a profile file")
     add.add_argument("--port", required=True, metavar="PORT",
                      help="device path (/dev/ttyUSB0, /dev/serial/by-id/...) or pyserial URL")
     add.add_argument("--serial", metavar="TEXT",
