@@ -20,8 +20,18 @@ from controller import modality_ultrasound as ultrasound
 from controller.ceilings import ceilings_for, effective_rule, tightest_max
 from controller.limits import effective_interlocks
 from controller.profile import Profile
+from controller.verdicts import (
+    Outcome,
+    ReportedFault,
+    StopSource,
+    Verdict,
+    as_number,
+    class_verdict,
+    mismatch,
+)
 
 Value = float | int | str
+FAULT, INTERLOCK = Outcome.FAULT, StopSource.INTERLOCK
 Clock = ultrasound.Clock
 # Device facts learned at identification that derived limits may need.
 FACT_ERA = "era_cm2"
@@ -112,6 +122,23 @@ class ModalityRules:
                    clock: Clock = time.monotonic) -> DoseMeter:
         raise NotImplementedError
 
+    # -- what the device reports (asked by controller.session_checks) ------------
+    def explain_stop(self, t: Mapping[str, object],
+                     faults: list[ReportedFault]) -> Verdict | None:
+        """Why the output is off when the controller did not stop it (None: no reason)."""
+        return faults[0].verdict() if faults else None
+
+    def latched_fault(self, t: Mapping[str, object],
+                      faults: list[ReportedFault]) -> str | None:
+        """A latched fault at identification: no output may start."""
+        if faults:
+            return f"device reports fault {faults[0].code} ({faults[0].label})"
+        return None
+
+    def verify(self, values: Mapping[str, Value], t: Mapping[str, object]) -> str | None:
+        """Telemetry against what was commanded, within the profile's tolerances."""
+        return None
+
     # -- helpers ----------------------------------------------------------------
     def _derived_max(self, name: str) -> float | None:
         """The profile's derived maximum, never above the modality's ceiling."""
@@ -129,6 +156,36 @@ class ModalityRules:
 
 class ThermalRules(ModalityRules):
     name = "thermal"
+
+    def explain_stop(self, t: Mapping[str, object],
+                     faults: list[ReportedFault]) -> Verdict | None:
+        if t.get("watchdog_expired"):
+            return class_verdict("link", "")
+        if t.get("timer_expired"):
+            return class_verdict("timer", "")
+        if t.get("trip_high"):
+            return Verdict(FAULT, INTERLOCK, "over-temperature: device trip latched")
+        if t.get("trip_low"):
+            return Verdict(FAULT, INTERLOCK, "under-temperature: device trip latched")
+        if t.get("pad_connected") is False:
+            return Verdict(FAULT, INTERLOCK, "pad off: the pad is disconnected")
+        return super().explain_stop(t, faults)
+
+    def latched_fault(self, t: Mapping[str, object],
+                      faults: list[ReportedFault]) -> str | None:
+        if t.get("trip_high") or t.get("trip_low") or faults:
+            label = faults[0].label if faults else "trip"
+            return f"device reports a latched fault ({label})"
+        if t.get("pad_connected") is False:
+            return "the pad is not connected"
+        return None
+
+    def verify(self, values: Mapping[str, Value], t: Mapping[str, object]) -> str | None:
+        tol = self.profile.safety.tolerances
+        if "setpoint_c" not in tol:
+            return None
+        return mismatch("setpoint", t.get("setpoint_c"), values.get("temperature_c"),
+                        tol["setpoint_c"], "degC")
 
     def derived(self, values: Mapping[str, Value], duration_s: float,
                 facts: Mapping[str, float]) -> list[Derived]:
@@ -156,6 +213,38 @@ class ThermalRules(ModalityRules):
 class UltrasoundRules(ModalityRules):
     name = "ultrasound"
     needs_facts = frozenset({FACT_ERA})
+
+    def explain_stop(self, t: Mapping[str, object],
+                     faults: list[ReportedFault]) -> Verdict | None:
+        if faults:
+            return faults[0].verdict()
+        if t.get("state") == "done":
+            return class_verdict("timer", "")
+        return None
+
+    def latched_fault(self, t: Mapping[str, object],
+                      faults: list[ReportedFault]) -> str | None:
+        if t.get("state") == "fault" or faults:
+            shown = f"fault {faults[0].code} ({faults[0].label})" if faults else \
+                "a latched fault"
+            return f"device reports {shown}"
+        return None
+
+    def verify(self, values: Mapping[str, Value], t: Mapping[str, object]) -> str | None:
+        tol = self.profile.safety.tolerances
+        if "intensity_w_cm2" in tol:
+            problem = mismatch("intensity", t.get("intensity_w_cm2"),
+                               values.get("intensity_w_cm2"), tol["intensity_w_cm2"], "W/cm2")
+            if problem:
+                return problem
+        power, era = as_number(t.get("power_w")), as_number(t.get("era_cm2"))
+        if "power_rel" in tol and t.get("state") == "running" and power is not None and era:
+            expected = ultrasound.expected_power_w(
+                float(values["intensity_w_cm2"]), era, float(values["duty_pct"]))
+            if expected > 0 and abs(power - expected) > tol["power_rel"] * expected:
+                return (f"measured power {power:.2f} W is not the commanded "
+                        f"{expected:.2f} W (tolerance {tol['power_rel']:.0%})")
+        return None
 
     def derived(self, values: Mapping[str, Value], duration_s: float,
                 facts: Mapping[str, float]) -> list[Derived]:
@@ -189,6 +278,37 @@ class UltrasoundRules(ModalityRules):
 
 class TensRules(ModalityRules):
     name = "tens"
+
+    def explain_stop(self, t: Mapping[str, object],
+                     faults: list[ReportedFault]) -> Verdict | None:
+        if t.get("channel_state") == "lead_off":
+            return Verdict(FAULT, INTERLOCK, "lead off: the device stopped the channel")
+        if t.get("patient_stop"):
+            return Verdict(Outcome.ABORTED, StopSource.PATIENT, "patient stop switch pressed")
+        if t.get("watchdog_expired"):
+            return class_verdict("link", "")
+        if t.get("estop_latched"):
+            return Verdict(FAULT, INTERLOCK, "device e-stop latched (over-current or "
+                                             "patient stop)")
+        if faults:
+            return faults[0].verdict()
+        if as_number(t.get("remaining_s")) == 0:
+            return class_verdict("timer", "")
+        return None
+
+    def latched_fault(self, t: Mapping[str, object],
+                      faults: list[ReportedFault]) -> str | None:
+        found = super().latched_fault(t, faults)
+        if found is None and t.get("estop_latched"):
+            return "device e-stop is latched"
+        return found
+
+    def verify(self, values: Mapping[str, Value], t: Mapping[str, object]) -> str | None:
+        tol = self.profile.safety.tolerances
+        if "amplitude_ma" not in tol or t.get("channel_state") != "running":
+            return None
+        return mismatch("delivered amplitude", t.get("amplitude_ma"),
+                        values.get("amplitude_ma"), tol["amplitude_ma"], "mA")
 
     def derived(self, values: Mapping[str, Value], duration_s: float,
                 facts: Mapping[str, float]) -> list[Derived]:

@@ -27,10 +27,10 @@ from controller.modality import DoseMeter, modality_for
 from controller.prescription import Prescription, PrescriptionRejected, apply_device_facts
 from controller.profile import IdentityError, Profile
 from controller.records import RecordsError, RecordStore
-from controller.session_checks import Verdict
 from controller.session_machine import ACTIVE_OUTPUT, SessionState, build_machine
 from controller.session_report import SessionReport, TimelineEvent
 from controller.stop_mailbox import StopMailbox, StopRequest
+from controller.verdicts import Verdict
 from protocols.engine import DeviceEvent
 from protocols.errors import DeviceRefused, Interrupted, ProtocolError
 from protocols.map_common import Scalar
