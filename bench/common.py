@@ -34,6 +34,50 @@ SETTINGS: dict[str, dict[str, str]] = {
     "es-4": {"frequency_hz": "100", "pulse_width_us": "200", "amplitude_ma": "10"},
 }
 
+# The slow end of each manual: every reply comes this long after the request, a little
+# inside the vendor's limit (/work/shared/specs: HC-200 "under 20 ms", US-300 "within
+# 50 ms", ES-4 "within 20 ms"). Simulator fault option `delay_ms` (issue 10 item 1).
+MANUAL_REPLY_MS = {"hc-200": 20.0, "us-300": 50.0, "es-4": 20.0}
+SLOW_REPLY_MS = {"hc-200": 19.0, "us-300": 45.0, "es-4": 19.0}
+
+
+def parse_reply_delay(text: str, slow: bool) -> dict[str, float]:
+    """`--reply-delay MODEL=MS,...` over the `--slow` defaults (or over none). Raises
+    SystemExit with one sentence naming the bad part."""
+    delays = dict(SLOW_REPLY_MS) if slow else {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        model, sep, ms = part.partition("=")
+        if not sep or model not in MODELS:
+            raise SystemExit(f"--reply-delay: '{part}' is not MODEL=MS with MODEL one of "
+                             f"{', '.join(MODELS)}")
+        try:
+            value = float(ms)
+        except ValueError:
+            raise SystemExit(f"--reply-delay: '{ms}' for {model} is not a number of ms") \
+                from None
+        if not 0.0 <= value < MANUAL_REPLY_MS[model]:
+            raise SystemExit(f"--reply-delay: {model} {value} ms must be at least 0 and below its "
+                             f"manual's {MANUAL_REPLY_MS[model]:g} ms")
+        delays[model] = value
+    return {m: d for m, d in delays.items() if d > 0}
+
+
+def parse_seconds_list(text: str, flag: str) -> list[float]:
+    """A comma-separated list of positive seconds, e.g. `--stop-after 1,20,45`."""
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag}: '{text}' is not a comma-separated list of seconds") \
+            from None
+    if not out or any(not (0 < x < 3600) for x in out):
+        raise SystemExit(f"{flag}: '{text}' needs one or more seconds between 0 and 3600")
+    return out
+
+
+def faults_for(pid: str, delays: dict[str, float]) -> dict[str, float]:
+    """The simulator fault options of one device: its reply delay, if any."""
+    return {"delay_ms": delays[pid]} if pid in delays else {}
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (q in 0..100), numpy's default method."""

@@ -7,7 +7,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from controller.prescription import build_prescription
 from controller.profile import Profile
 from controller.profile_loader import resolve_profile
 from controller.records import RecordStore
+from controller.scheduling import every, make_scheduler
 from controller.session import Session
 from protocols.map_common import Scalar
 
@@ -44,8 +45,10 @@ def make_session(dev: Dev, planned_s: float, store: RecordStore | None = None,
 
 
 def start_staggered(sessions: Sequence[Session], stagger_s: float,
-                    rng: random.Random) -> None:
-    """Start every session at a random moment within `stagger_s` (0: all at once)."""
+                    rng: random.Random,
+                    before_start: Callable[[Session], None] | None = None) -> None:
+    """Start every session at a random moment within `stagger_s` (0: all at once);
+    `before_start` runs just before each one starts (e.g. `Wakeups.add`)."""
     offsets = sorted((rng.uniform(0.0, stagger_s) if stagger_s > 0 else 0.0, i)
                      for i in range(len(sessions)))
     t0 = time.monotonic()
@@ -53,7 +56,39 @@ def start_staggered(sessions: Sequence[Session], stagger_s: float,
         delay = t0 + offset - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        if before_start is not None:
+            before_start(sessions[i])
         sessions[i].start()
+
+
+class Wakeups:
+    """The periodic wake-up job `modctl session run` gives its session
+    (controller/cli/session_cmd.py `run_session`): APScheduler `every(scheduler,
+    profile.safety.poll_period_s, session.wake, ...)`, added just before the session
+    starts. One scheduler for the whole run (one controller process), one job per
+    session. Disabled, `add` does nothing (the benchmarks' figures before issue 10)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._scheduler = make_scheduler() if enabled else None
+        self._jobs: list[Any] = []
+        if self._scheduler is not None:
+            self._scheduler.start()
+
+    def add(self, session: Session) -> None:
+        if self._scheduler is not None:
+            self._jobs.append(every(self._scheduler, session.profile.safety.poll_period_s,
+                                    session.wake, "session wake-up"))
+
+    def clear(self) -> None:
+        """Remove every job (between rounds; the sessions have ended)."""
+        for job in self._jobs:
+            job.remove()
+        self._jobs.clear()
+
+    def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
 
 
 @contextmanager
