@@ -719,7 +719,8 @@ class Session:
                 self._records_failure(exc)
 
     def _finish(self) -> SessionReport:
-        outcome = self.state.outcome or checks.FAULT
+        # Plain text in reports and records (the enums are str, but print as enums).
+        outcome = str(self.state.outcome or checks.FAULT)
         host = self._delivered(self.clock())
         slack = self.profile.safety.poll_period_s + poll_guard_s(self.profile) \
             + max(self._poll_times, default=0.0)
@@ -734,7 +735,7 @@ class Session:
             profile=self.profile.id,
             device={"port": self.port, **_plain(self.identity), **self.device},
             prescription=self.rx.record(), planned_s=self.rx.duration_s,
-            delivered_s=round(delivered, 3), stop_source=self.state.stop_source, dose=dose,
+            delivered_s=round(delivered, 3), stop_source=str(self.state.stop_source), dose=dose,
             events=self.events, stop_confirmed=self.stop_confirmed,
             output_started=self.t_start is not None, device_elapsed_s=self.device_elapsed_s,
             host_delivered_s=round(host, 3) if note else None,
