@@ -8,7 +8,7 @@ or SIGQUIT), half each. Latency = the device's "off" in its history minus the
 moment just before request_stop was called.
 
 An operator stop is a controlled stop: the ES-4 ramps its output down over
-controller.session.CONTROLLED_RAMP_DOWN_S (the model records "off" when the
+controller.session.worker.CONTROLLED_RAMP_DOWN_S (the model records "off" when the
 ramp reaches zero), so its figures are also given to the moment the device
 received the stop (off - ramp), under `to_stop_command_ms`.
 
@@ -55,7 +55,7 @@ from common import (
 from runner import Wakeups, attribute, make_session, records, start_staggered
 from simfarm import Farm, first_run, make_farm
 
-from controller.session import CONTROLLED_RAMP_DOWN_S, Session
+from controller.session.worker import CONTROLLED_RAMP_DOWN_S, Session
 
 TARGET_MS = 20.0       # DESIGN.md §5: operator stop (SIGINT / e-stop) to output off, p99
 # Sessions wait this long for their stop to end them: before issue 10's fix a stop late

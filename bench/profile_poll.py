@@ -26,7 +26,7 @@ from round_trip import FAMILIES, CannedPeer, _steps, capture
 from runner import profile
 from simfarm import ProcessFarm
 
-from controller.device_link import DeviceLink
+from controller.device.link import DeviceLink
 
 
 def _count_syscalls() -> tuple[Counter[str], Callable[[], None]]:

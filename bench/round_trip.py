@@ -41,7 +41,7 @@ from common import LoadMeter, emit, summary
 from runner import profile
 from simfarm import make_farm
 
-from controller.device_link import DeviceLink
+from controller.device.link import DeviceLink
 from protocols.framed_codec import encode_frame
 
 TARGET_RATIO = 1.5

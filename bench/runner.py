@@ -15,13 +15,13 @@ from typing import Any
 from common import SETTINGS
 from simfarm import Dev
 
-from controller.device_link import DeviceLink, open_engine
-from controller.prescription import build_prescription
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
-from controller.records import RecordStore
-from controller.scheduling import every, make_scheduler
-from controller.session import Session
+from controller.device.link import DeviceLink, open_engine
+from controller.modality.prescription import build_prescription
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
+from controller.records.store import RecordStore
+from controller.session.scheduling import every, make_scheduler
+from controller.session.worker import Session
 from protocols.map_common import Scalar
 
 _PROFILES: dict[str, Profile] = {}

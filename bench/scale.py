@@ -35,7 +35,7 @@ from common import Canary, LoadMeter, LogCounter, emit, models_for, summary, vm_
 from runner import attribute, make_session, records, start_staggered
 from simfarm import Farm, first_run, make_farm
 
-from controller.session import Session
+from controller.session.worker import Session
 
 STOP_TARGET_MS = 20.0
 MIN_RATE_HZ = 4.95

@@ -80,7 +80,7 @@ def _step(srv: Any, ready: bool, now: float) -> None:
 
 def _worker(conn: Connection, tick_s: float) -> None:
     # Imported here: the parent may not need them, the child always does.
-    from controller.profile_loader import resolve_profile
+    from controller.profiles.loader import resolve_profile
     from simulator.faults import FaultPlan
     from simulator.pty_server import PtyServer
     from simulator.server import build_endpoint, build_model
@@ -290,7 +290,7 @@ class InProcessFarm:
         self._lock = threading.Lock()
 
     def create_many(self, specs: Sequence[Spec]) -> list[Dev]:
-        from controller.profile_loader import resolve_profile
+        from controller.profiles.loader import resolve_profile
         from simulator.faults import FaultPlan
         from simulator.server import SimulatedDevice
         out = []

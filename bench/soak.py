@@ -45,8 +45,8 @@ from common import (
 from runner import make_session, profile, records
 from simfarm import Dev, ProcessFarm, output_left_on
 
-from controller.gc_policy import POLICY
-from controller.records import RecordStore
+from controller.records.store import RecordStore
+from controller.session.gc_policy import POLICY
 from simulator.faults import LINK_FAULTS, MODALITY_FAULTS
 
 # Link faults worth injecting ("seed" only seeds garbling).

@@ -46,7 +46,7 @@ from common import (
 from runner import Wakeups, attribute, make_session, records, start_staggered
 from simfarm import Farm, first_run, make_farm
 
-from controller.gc_policy import POLICY
+from controller.session.gc_policy import POLICY
 
 # DESIGN.md §5: p99 <= 5 ms for one session, <= 20 ms with 32 at once (and with 64, the
 # scale row's "stop target held").
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                    "slow": args.slow, "reply_delay_ms": delays, "wakeups": args.wakeups,
                    "sim_procs": args.sim_procs, "records": args.records,
                    "samples_per_level": args.samples, "seed": args.seed,
-                   "gc_policy": "controller.gc_policy (installed by the first session)",
+                   "gc_policy": "controller.session.gc_policy (installed by the first session)",
                    "quick": args.quick, "targets_ms": TARGET_MS},
         "results": results,
     }, line)

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
 from simulator.faults import FaultPlan
 from simulator.server import SimulatedDevice
 

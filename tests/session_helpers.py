@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.prescription import build_prescription
-from controller.profile_loader import resolve_profile
-from controller.records import RecordStore
-from controller.session import Session
-from controller.session_report import SessionReport
+from controller.modality.prescription import build_prescription
+from controller.profiles.loader import resolve_profile
+from controller.records.store import RecordStore
+from controller.session.report import SessionReport
+from controller.session.worker import Session
 from simulator.model_base import OutputChange
 from simulator.server import SimulatedDevice
 

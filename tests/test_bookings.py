@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import clinic_time
-from controller.records import RecordStore
+from controller.clinic import clock as clinic_time
+from controller.records.store import RecordStore
 from tests.conftest import SimFactory
 from tests.test_devices_cli import NOW, ROLES, audit, calibrate, clinic, modctl
 

@@ -13,10 +13,8 @@ from typing import Any, cast
 
 import pytest
 
-from controller.calibration import CalibrationJob, CalibrationOutcome, run_calibration
-from controller.calibration_context import Timing
-from controller.calibration_gate import check_calibration
-from controller.calibration_math import (
+from controller.calibration.context import Timing
+from controller.calibration.fits import (
     FitError,
     GainOffset,
     gain_correction,
@@ -25,9 +23,11 @@ from controller.calibration_math import (
     quantize,
     sensor_correction,
 )
-from controller.calibration_plan import CalibrationPlan, default_plan
-from controller.calibration_readings import ReadingsError, load_readings
-from controller.calibration_technician import (
+from controller.calibration.gate import check_calibration
+from controller.calibration.plan import CalibrationPlan, default_plan
+from controller.calibration.procedure import CalibrationJob, CalibrationOutcome, run_calibration
+from controller.calibration.readings import ReadingsError, load_readings
+from controller.calibration.technician import (
     CalibrationAborted,
     FileTechnician,
     PointRequest,
@@ -36,10 +36,10 @@ from controller.calibration_technician import (
 )
 from controller.cli import calibrate_cmd
 from controller.cli.common import UsageError
-from controller.device_link import DeviceLink
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
-from controller.records import RecordStore
+from controller.device.link import DeviceLink
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
+from controller.records.store import RecordStore
 from protocols.errors import LinkTimeout
 from protocols.map_common import Scalar
 from simulator.server import SimulatedDevice
@@ -208,7 +208,7 @@ def test_quantize_to_the_device_step() -> None:
 
 def _request(prof: Profile, device_value: float | None = None) -> PointRequest:
     plan = default_plan(prof.modality, [0 if prof.modality == "tens" else None])
-    from controller.calibration_plan import SHAPES
+    from controller.calibration.plan import SHAPES
     ch = plan.channels[0]
     return PointRequest("as_found", 0, len(ch.as_found), ch.channel, ch.as_found[0],
                         SHAPES[prof.modality], "do this", device_value)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli.main import main
-from controller.records import RecordStore
+from controller.records.store import RecordStore
 from tests.conftest import SimFactory
 from tests.session_helpers import SETTINGS, history
 from tests.test_devices_cli import calibrate, clinic, modctl

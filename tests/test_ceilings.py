@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from controller.ceilings import CEILINGS, ceiling_regimes
-from controller.modality import modality_for
-from controller.modality_tens import TensDoseMeter
-from controller.modality_thermal import ThermalDoseMeter
-from controller.modality_ultrasound import UltrasoundDoseMeter
-from controller.prescription import PrescriptionRejected, build_prescription
-from controller.profile import Profile
-from controller.profile_loader import load_profile_file, resolve_profile
-from controller.profile_sections import Bound
+from controller.modality.ceilings import CEILINGS, ceiling_regimes
+from controller.modality.prescription import PrescriptionRejected, build_prescription
+from controller.modality.rules import modality_for
+from controller.modality.tens import TensDoseMeter
+from controller.modality.thermal import ThermalDoseMeter
+from controller.modality.ultrasound import UltrasoundDoseMeter
+from controller.profiles.loader import load_profile_file, resolve_profile
+from controller.profiles.model import Profile
+from controller.profiles.sections import Bound
 from device_profiles import __file__ as _profiles_init
 from tests.test_profile_backstops import Doc, problems, tampered
 

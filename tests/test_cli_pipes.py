@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.records import RecordStore
+from controller.records.store import RecordStore
 from simulator.server import SimulatedDevice
 from tests.conftest import SimFactory
 from tests.session_helpers import history

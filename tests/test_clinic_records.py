@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from controller import records
-from controller.calibration_gate import check_calibration
-from controller.clinic_records import BookingConflict, ClinicError
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
-from controller.records import RecordStore
+from controller.calibration.gate import check_calibration
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
+from controller.records import store as records
+from controller.records.clinic_tables import BookingConflict, ClinicError
+from controller.records.store import RecordStore
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 HOUR = 3600.0

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import clinic_time
 from controller.cli import book_cmd
-from controller.clinic_time import BOOKING_HORIZON_DAYS, EARLIEST_DAY, TimeError
-from controller.records import RecordStore
+from controller.clinic import clock as clinic_time
+from controller.clinic.clock import BOOKING_HORIZON_DAYS, EARLIEST_DAY, TimeError
+from controller.records.store import RecordStore
 from tests.test_bookings import register
 from tests.test_devices_cli import NOW, calibrate, clinic, modctl
 

@@ -2,7 +2,7 @@
 
 PyYAML composes recursively; before the bound, a few thousand `[` ended in
 "internal error: RecursionError" (exit 70). Every YAML file the project reads
-goes through controller.yaml_source, so one bound covers profiles, plans, roles
+goes through controller.profiles.yaml_source, so one bound covers profiles, plans, roles
 and calibration readings.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.calibration_readings import ReadingsError, load_readings
-from controller.plan import PlanError, load_plan
-from controller.profile_loader import ProfileError, load_profile_file, resolve_profile
-from controller.roles import RolesError, load_roles
-from controller.yaml_source import MAX_YAML_DEPTH, SourceError, read_yaml_mapping
+from controller.calibration.readings import ReadingsError, load_readings
+from controller.clinic.roles import RolesError, load_roles
+from controller.plans.plan import PlanError, load_plan
+from controller.profiles.loader import ProfileError, load_profile_file, resolve_profile
+from controller.profiles.yaml_source import MAX_YAML_DEPTH, SourceError, read_yaml_mapping
 
 DEEP = 5000   # far past Python's recursion limit
 

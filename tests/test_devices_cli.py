@@ -8,11 +8,12 @@ from unittest import mock
 
 import pytest
 
-from controller import clinic_time, roles
 from controller.cli import book_cmd, devices_cmd, serve_cmd
 from controller.cli import main as cli_main
-from controller.records import RecordStore
-from controller.roles import ROLES_ENV
+from controller.clinic import clock as clinic_time
+from controller.clinic import roles
+from controller.clinic.roles import ROLES_ENV
+from controller.records.store import RecordStore
 
 ROLES = """\
 default_operator: alice

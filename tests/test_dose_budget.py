@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from controller import roles
 from controller.cli import main as cli_main
 from controller.cli import plan_cmd
-from controller.dose_budget import accumulating, budget_problems, plan_budget_problems
-from controller.plan import load_plan
-from controller.plan_runner import precheck
-from controller.prescription import build_prescription
-from controller.profile_loader import resolve_profile
+from controller.clinic import roles
+from controller.modality.dose_budget import accumulating, budget_problems, plan_budget_problems
+from controller.modality.prescription import build_prescription
+from controller.plans.plan import load_plan
+from controller.plans.runner import precheck
+from controller.profiles.loader import resolve_profile
 from tests.conftest import SimFactory
 from tests.session_helpers import history
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.modality import modality_for
-from controller.modality_tens import (
+from controller.modality.prescription import build_prescription
+from controller.modality.rules import modality_for
+from controller.modality.tens import (
     NoRestore,
     RestoreRefused,
     TensDoseMeter,
@@ -19,8 +20,7 @@ from controller.modality_tens import (
     ramp_up_s,
     rms_current_ma,
 )
-from controller.prescription import build_prescription
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 
 ES = resolve_profile("es-4").profile
 amps = st.floats(min_value=0.1, max_value=80.0)

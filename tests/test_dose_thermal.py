@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.modality import ThermalRules, modality_for
-from controller.modality_thermal import (
+from controller.modality.prescription import build_prescription
+from controller.modality.rules import ThermalRules, modality_for
+from controller.modality.thermal import (
     Cem43Accumulator,
     ThermalDoseMeter,
     budget_reason,
@@ -18,8 +19,7 @@ from controller.modality_thermal import (
     is_cold,
     pad_interlock,
 )
-from controller.prescription import build_prescription
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 
 HC = resolve_profile("hc-200").profile
 temps = st.floats(min_value=5.0, max_value=50.0, allow_nan=False)

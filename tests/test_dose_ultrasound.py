@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.modality import modality_for
-from controller.modality_ultrasound import (
+from controller.modality.prescription import build_prescription
+from controller.modality.rules import modality_for
+from controller.modality.ultrasound import (
     CouplingHold,
     UltrasoundDoseMeter,
     applicator_interlock,
@@ -16,8 +17,7 @@ from controller.modality_ultrasound import (
     nominal_energy_j,
     power_mismatch,
 )
-from controller.prescription import build_prescription
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 
 US = resolve_profile("us-300").profile
 

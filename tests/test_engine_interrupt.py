@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 from protocols.errors import Interrupted, LinkTimeout, ProtocolError
 from protocols.framed import FramedEngine
 from protocols.map_framed import FramedMap

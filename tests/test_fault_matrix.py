@@ -69,11 +69,11 @@ from typing import Any
 
 import pytest
 
-from controller.device_link import DeviceLink, open_engine
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
-from controller.records import RecordStore
-from controller.session_report import SessionReport
+from controller.device.link import DeviceLink, open_engine
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
+from controller.records.store import RecordStore
+from controller.session.report import SessionReport
 from simulator.faults import FAULT_NAMES, LINK_FAULTS, MODALITY_FAULTS, FaultPlan
 from simulator.model_base import OutputChange
 from simulator.server import SimulatedDevice

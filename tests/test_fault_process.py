@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from controller.records import RecordsError, RecordStore
-from controller.session_report import SessionReport
+from controller.records.store import RecordsError, RecordStore
+from controller.session.report import SessionReport
 from simulator.model_base import OutputChange
 from simulator.server import SimulatedDevice
 from tests.conftest import SimFactory

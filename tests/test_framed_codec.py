@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 from protocols.crc import crc16_ccitt_false
 from protocols.errors import ValueRejected
 from protocols.framed_codec import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.profile_loader import load_profile_file, resolve_profile
+from controller.profiles.loader import load_profile_file, resolve_profile
 from protocols.engine import DeviceEvent
 from protocols.errors import (
     DeviceRefused,

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 from protocols.framed import FramedEngine
 from protocols.map_framed import FramedMap
 from protocols.transport import SerialSettings, SerialTransport

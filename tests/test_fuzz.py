@@ -58,8 +58,8 @@ from hypothesis import strategies as st
 
 from controller.cli import simulate_cmd
 from controller.cli.main import main
-from controller.limits import effective_bound
-from controller.prescription import (
+from controller.modality.limits import effective_bound
+from controller.modality.prescription import (
     DurationError,
     PrescriptionRejected,
     SettingsError,
@@ -67,13 +67,13 @@ from controller.prescription import (
     parse_duration,
     parse_settings,
 )
-from controller.profile import DURATION, Profile, on_step
-from controller.profile_loader import (
+from controller.profiles.loader import (
     ProfileError,
     load_profile_file,
     resolve_profile,
     shipped_profile_paths,
 )
+from controller.profiles.model import DURATION, Profile, on_step
 from protocols import modbus_codec
 from protocols import scpi_codec as scpi
 from protocols.crc import crc16_ccitt_false, crc16_modbus
@@ -1224,7 +1224,7 @@ def test_overlong_profile_or_plan_names_are_refused_not_a_crash(fuzz_dir: Path,
         return
     if PLAN_LOADER is not None:
         pytest.skip(PLAN_LOADER)
-    from controller.plan import load_plan
+    from controller.plans.plan import load_plan
     if where == "load_plan":
         with pytest.raises(PlanError):
             load_plan(LONG_NAME)
@@ -1245,10 +1245,10 @@ def test_profile_loader_on_an_oversized_file(fuzz_dir: Path) -> None:
 # =====================================================================================
 
 try:
-    from controller.plan import PlanError, load_plan_file, preset_paths
+    from controller.plans.plan import PlanError, load_plan_file, preset_paths
     PLAN_LOADER: str | None = None
 except ImportError as exc:  # another helper may still be writing it
-    PLAN_LOADER = f"controller.plan is not available yet: {exc}"
+    PLAN_LOADER = f"controller.plans.plan is not available yet: {exc}"
 
 needs_plans = pytest.mark.skipif(PLAN_LOADER is not None, reason=PLAN_LOADER or "")
 
@@ -1273,7 +1273,7 @@ def _resolve_cached(ref: str) -> Any:
 
 
 def check_plan_result(path: Path, mutation: str = "") -> bool:
-    import controller.plan as plan_module
+    import controller.plans.plan as plan_module
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(plan_module, "resolve_profile", _resolve_cached)

@@ -1,4 +1,4 @@
-"""Full garbage collections are kept off planned ends (controller/gc_policy.py).
+"""Full garbage collections are kept off planned ends (controller/session/gc_policy.py).
 
 The policy is exercised through `step()` on an injected clock; installing it for
 real (freeze, thresholds, thread) is checked once, as the first session does.
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller import gc_policy
-from controller.gc_policy import (
+from controller.session import gc_policy
+from controller.session.gc_policy import (
     DUE_AFTER_GEN1,
     MAX_DEFER_S,
     MIN_INTERVAL_S,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from controller import history
-from controller.history import (
+from controller.records import history
+from controller.records.history import (
     export_patient_json,
     history_csv,
     history_from_sessions,
@@ -22,7 +22,7 @@ from controller.history import (
     session_modality,
     session_samples,
 )
-from controller.records import RecordStore
+from controller.records.store import RecordStore
 
 PROFILE_OF = {"thermal": "hc-200", "ultrasound": "us-300", "tens": "es-4"}
 # The reference doses of docs/design.md §3.4, one session each.

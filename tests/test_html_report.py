@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.history import session_samples
-from controller.html_report import (
+from controller.records.history import session_samples
+from controller.records.html_report import (
     INSTALL_HINT,
     NO_TELEMETRY_NOTE,
     ReportError,
@@ -21,7 +21,7 @@ from controller.html_report import (
     stop_confirmation,
     unit_for,
 )
-from controller.records import RecordStore, SessionRow
+from controller.records.store import RecordStore, SessionRow
 from tests.conftest import SimFactory
 from tests.session_helpers import run
 from tests.test_history import record_session

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from controller import session_checks as checks
-from controller.prescription import build_prescription
-from controller.profile import Profile
-from controller.profile_loader import ProfileError, load_profile_file
-from controller.session import Session
+from controller.modality.prescription import build_prescription
+from controller.profiles.loader import ProfileError, load_profile_file
+from controller.profiles.model import Profile
+from controller.session import checks
+from controller.session.worker import Session
 from tests.conftest import SimFactory
 from tests.session_helpers import history, on_time
 

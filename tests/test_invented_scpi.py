@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.prescription import build_prescription
-from controller.profile import Profile
-from controller.profile_loader import ProfileError, load_profile_file
-from controller.session import Session
+from controller.modality.prescription import build_prescription
+from controller.profiles.loader import ProfileError, load_profile_file
+from controller.profiles.model import Profile
+from controller.session.worker import Session
 from protocols import scpi_codec as codec
 from protocols.errors import ValueRejected
 from protocols.map_scpi import ScpiMap

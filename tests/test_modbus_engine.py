@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 from protocols.errors import (
     CorruptReply,
     DeviceRefused,

@@ -23,7 +23,7 @@ from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 from protocols.errors import DeviceRefused
 from protocols.map_modbus import ModbusMap
 from protocols.modbus import ModbusEngine

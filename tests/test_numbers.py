@@ -12,9 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.numbers import NumberError, parse_decimal, parse_integer
-from controller.plan import PlanError, load_plan
-from controller.prescription import (
+from controller.modality.prescription import (
     DurationError,
     PrescriptionRejected,
     SettingsError,
@@ -22,7 +20,9 @@ from controller.prescription import (
     parse_duration,
     parse_settings,
 )
-from controller.profile_loader import resolve_profile
+from controller.plans.plan import PlanError, load_plan
+from controller.profiles.loader import resolve_profile
+from controller.profiles.numbers import NumberError, parse_decimal, parse_integer
 
 HC = resolve_profile("hc-200").profile
 ES = resolve_profile("es-4").profile

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from controller import clinic_time, roles
-from controller.device_link import DeviceLink
-from controller.patient_rules import PatientIdError, check_patient_id, interval_conflict
-from controller.records import RecordStore
+from controller.clinic import clock as clinic_time
+from controller.clinic import roles
+from controller.clinic.patients import PatientIdError, check_patient_id, interval_conflict
+from controller.device.link import DeviceLink
+from controller.records.store import RecordStore
 from tests.conftest import SimFactory
 from tests.session_helpers import history
 from tests.test_devices_cli import ROLES, clinic, modctl

@@ -17,7 +17,7 @@ import yaml
 
 from controller.cli import main as cli_main
 from controller.cli import plan_cmd
-from controller.plan import (
+from controller.plans.plan import (
     EXAMPLE_WARNING,
     MAX_PAUSE_S,
     PlanError,
@@ -26,8 +26,8 @@ from controller.plan import (
     load_plan_file,
     preset_paths,
 )
-from controller.profile_loader import shipped_profile_paths
-from controller.yaml_source import SourceError
+from controller.profiles.loader import shipped_profile_paths
+from controller.profiles.yaml_source import SourceError
 
 GOOD = """\
 plan_format: 1

@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from controller import roles
 from controller.cli import main as cli_main
 from controller.cli import plan_cmd
 from controller.cli.session_cmd import terminal_runner
-from controller.plan import Plan, PlanError, PlanReport, load_plan
-from controller.plan_runner import match_devices, run_plan, run_plan_booking
-from controller.records import RecordStore
-from controller.session_start import SessionStarter
+from controller.clinic import roles
+from controller.plans.plan import Plan, PlanError, PlanReport, load_plan
+from controller.plans.runner import match_devices, run_plan, run_plan_booking
+from controller.records.store import RecordStore
+from controller.session.service import SessionStarter
 from simulator.server import SimulatedDevice
 from tests.conftest import SimFactory
 from tests.session_helpers import history

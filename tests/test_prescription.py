@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.prescription import (
+from controller.modality.prescription import (
     DurationError,
     Prescription,
     PrescriptionRejected,
@@ -19,8 +19,8 @@ from controller.prescription import (
     parse_duration,
     parse_settings,
 )
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
 
 HC = resolve_profile("hc-200").profile
 US = resolve_profile("us-300").profile

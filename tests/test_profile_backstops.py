@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.profile import IdentityError, device_identity
-from controller.profile_loader import (
+from controller.profiles.loader import (
     ProfileError,
     load_profile_file,
     resolve_profile,
     shipped_profile_paths,
 )
+from controller.profiles.model import IdentityError, device_identity
 from device_profiles import __file__ as _profiles_init
 
 PROFILE_DIR = Path(_profiles_init).parent

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from controller.cli.main import main
-from controller.profile_loader import (
+from controller.profiles.loader import (
     ProfileError,
     load_profile_file,
     resolve_profile,

@@ -21,11 +21,11 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from controller.limits import active_regimes, effective_bound
-from controller.modality_contract import CONTRACTS, SESSION_VARIABLES
-from controller.profile import DURATION, Profile
-from controller.profile_loader import load_profile_file, shipped_profile_paths
-from controller.profile_sections import MAX_WATCHDOG_S, MIN_POLLS_PER_WATCHDOG, Bound, Step
+from controller.modality.contract import CONTRACTS, SESSION_VARIABLES
+from controller.modality.limits import active_regimes, effective_bound
+from controller.profiles.loader import load_profile_file, shipped_profile_paths
+from controller.profiles.model import DURATION, Profile
+from controller.profiles.sections import MAX_WATCHDOG_S, MIN_POLLS_PER_WATCHDOG, Bound, Step
 from protocols.map_common import Scalar, ValueSpec
 from protocols.map_framed import FramedMap
 from protocols.map_modbus import ModbusMap

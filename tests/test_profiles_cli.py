@@ -22,8 +22,8 @@ import yaml
 import controller
 from controller.cli import profiles_cmd
 from controller.cli.main import DEBUG_ENV, build_parser, main
-from controller.profile import Profile
-from controller.profile_loader import load_profile_file, resolve_profile, shipped_profile_paths
+from controller.profiles.loader import load_profile_file, resolve_profile, shipped_profile_paths
+from controller.profiles.model import Profile
 
 SHIPPED = {"hc-200": ("HC-200", "thermal"), "us-300": ("US-300", "ultrasound"),
            "es-4": ("ES-4", "tens")}

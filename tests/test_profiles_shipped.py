@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile, shipped_profile_paths
+from controller.profiles.loader import resolve_profile, shipped_profile_paths
+from controller.profiles.model import Profile
 
 SHIPPED = ("hc-200", "us-300", "es-4")
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from controller import records
-from controller.records import (
+from controller.records import store as records
+from controller.records.store import (
     GENESIS_HASH,
     RecordsError,
     RecordStore,
@@ -246,7 +246,7 @@ def test_live_sessions_of_another_store_are_left_alone(db: Path) -> None:
 def test_a_killed_process_leaves_a_session_that_is_marked(db: Path) -> None:
     script = (
         "import os, sys\n"
-        "from controller.records import RecordStore\n"
+        "from controller.records.store import RecordStore\n"
         "s = RecordStore(sys.argv[1])\n"
         "sid = s.open_session(profile='us-300', port='p', identity={}, operator='bob',"
         " patient=None, prescription={}, planned_s=300.0)\n"
@@ -480,7 +480,7 @@ def test_csv_export_neutralises_formula_cells_but_keeps_numbers(store: RecordSto
 
 
 def test_safe_cell() -> None:
-    from controller.csv_safe import safe_cell, safe_row
+    from controller.records.csv_safe import safe_cell, safe_row
     assert [safe_cell(v) for v in ("=a", "+a", "-a", "@a", "\ta", "\ra", "a=", "", -3, 2.5,
                                    None)] == \
         ["'=a", "'+a", "'-a", "'@a", "'\ta", "'\ra", "a=", "", -3, 2.5, None]

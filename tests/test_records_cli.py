@@ -13,7 +13,7 @@ import pytest
 
 from controller.cli import main as cli_main
 from controller.cli import records_cmd
-from controller.records import RecordStore
+from controller.records.store import RecordStore
 
 
 def run(*argv: str) -> int:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import records
-from controller.records import RecordsError, RecordStore
+from controller.records import store as records
+from controller.records.store import RecordsError, RecordStore
 
 # Big enough that every sample needs a new database page (4 KiB): a full disk refuses it.
 BLOB = "x" * 5000
@@ -129,7 +129,7 @@ def test_listeners_hear_a_failure_in_another_thread(store: RecordStore,
         store.flush_quietly()  # told the listeners; raises nothing
 
     job = threading.Thread(target=flush_job, name="flush-job")
-    with caplog.at_level(logging.ERROR, logger="controller.records"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.store"):
         job.start()
         job.join(10)
     assert [(name, "disk is full" in str(e)) for name, e in heard] == [("flush-job", True)]
@@ -161,8 +161,8 @@ def test_every_write_path_tells_the_listeners_but_refusals_do_not(store: RecordS
 
 SCHEDULED = """
 import sys, time
-from controller.records import RecordStore
-from controller.scheduling import every, make_scheduler
+from controller.records.store import RecordStore
+from controller.session.scheduling import every, make_scheduler
 
 class FullDisk(RecordStore):
     full = False

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from controller import records
 from controller.cli import records_cmd
-from controller.records import RecordStore
-from controller.records_integrity import GENESIS_HASH, audit_hash
+from controller.records import store as records
+from controller.records.integrity import GENESIS_HASH, audit_hash
+from controller.records.store import RecordStore
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 PROFILE = {"id": "hc-200", "path": "/etc/modctl/hc-200.yaml", "sha256": "ab" * 32}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import roles
-from controller.roles import (
+from controller.clinic import roles
+from controller.clinic.roles import (
     DEFAULT_MIN_INTERVAL_H,
     ROLES_ENV,
     RoleRefused,

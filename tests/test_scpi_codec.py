@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 from protocols import scpi_codec as codec
 from protocols.errors import CorruptReply, ProtocolError, ProtocolViolation, ValueRejected
 from protocols.map_common import Scalar

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.profile_loader import load_profile_file, resolve_profile, shipped_profile_paths
+from controller.profiles.loader import load_profile_file, resolve_profile, shipped_profile_paths
 from protocols.errors import (
     CorruptReply,
     DeviceRefused,

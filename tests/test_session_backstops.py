@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.device_link import ReadBack
-from controller.records import RecordStore
-from controller.session_backstops import reconcile, timer_problem
+from controller.device.link import ReadBack
+from controller.records.store import RecordStore
+from controller.session.backstops import reconcile, timer_problem
 from protocols.map_common import Scalar
 from tests.conftest import SimFactory
 from tests.session_helpers import history, make_session

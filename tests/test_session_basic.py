@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from controller.session_report import SessionReport
+from controller.session.report import SessionReport
 from tests.conftest import SimFactory
 from tests.session_helpers import SETTINGS, history, make_session, on_time, run, watch
 
@@ -126,7 +126,7 @@ def test_a_prescription_never_starts_twice(pid: str, sim_device: SimFactory) -> 
     device = sim_device(pid)
     first = make_session(pid, device, 1.0)
     assert first.run().outcome == "completed"
-    from controller.session import Session
+    from controller.session.worker import Session
     again = Session(first.profile, first.rx, device.port).run()
     assert again.outcome == "rejected" and "never restored" in again.reason
     assert sum(1 for c in history(device) if c.on) == 1

@@ -16,8 +16,8 @@ import apscheduler.schedulers.base as aps_base
 import pytest
 
 from controller.cli.session_cmd import run_session
-from controller.session import Session
-from controller.session_start import SessionStarter
+from controller.session.service import SessionStarter
+from controller.session.worker import Session
 from tests.conftest import SimFactory
 from tests.session_helpers import make_session, on_time
 

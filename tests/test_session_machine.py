@@ -8,7 +8,7 @@ import pytest
 from transitions import MachineError
 
 from controller.cli.diagram_cmd import document
-from controller.session_machine import (
+from controller.session.machine import (
     ACTIVE_OUTPUT,
     STATES,
     TERMINAL,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.records import RecordStore
-from controller.scheduling import every, make_scheduler
+from controller.records.store import RecordStore
+from controller.session.scheduling import every, make_scheduler
 from tests.conftest import SimFactory
 from tests.session_helpers import history, make_session
 

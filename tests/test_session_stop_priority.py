@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from controller.prescription import build_prescription
-from controller.profile_loader import resolve_profile
-from controller.session import POLL_GUARD_S, Session
-from controller.stop_mailbox import StopMailbox, StopRequest
+from controller.modality.prescription import build_prescription
+from controller.profiles.loader import resolve_profile
+from controller.session.mailbox import StopMailbox, StopRequest
+from controller.session.worker import POLL_GUARD_S, Session
 from protocols.errors import Interrupted
 from protocols.map_common import Scalar
 from tests.test_session_unit import FakeClock, FakeLink, thermal, ultrasound_with_gap

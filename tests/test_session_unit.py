@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from controller.device_link import ReadBack
-from controller.prescription import build_prescription
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
-from controller.session import POLL_GUARD_S, Session, poll_guard_s
+from controller.device.link import ReadBack
+from controller.modality.prescription import build_prescription
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
+from controller.session.worker import POLL_GUARD_S, Session, poll_guard_s
 from protocols.engine import EventHandler
 from protocols.errors import LinkTimeout
 from protocols.map_common import Scalar
@@ -251,7 +251,7 @@ def test_lost_link_mid_session_is_a_fault_and_the_stop_is_attempted() -> None:
 
 
 def test_the_session_keeps_full_garbage_collections_off_its_planned_end() -> None:
-    from controller.gc_policy import POLICY, SAFE_MARGIN_S
+    from controller.session.gc_policy import POLICY, SAFE_MARGIN_S
 
     seen: list[tuple[float | None, bool]] = []
 

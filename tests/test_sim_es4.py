@@ -18,8 +18,8 @@ from typing import Any, get_args
 import pytest
 import serial
 
-from controller.profile import Profile
-from controller.profile_loader import load_profile_file, resolve_profile
+from controller.profiles.loader import load_profile_file, resolve_profile
+from controller.profiles.model import Profile
 from simulator.binding import Binding
 from simulator.faults import FaultPlan
 from simulator.framed_device import FramedEndpoint
@@ -851,7 +851,7 @@ limits:
     pulse_width_us: {min: 50, max: 300}
     amplitude_ma: {min: 0.01, max: 60.0}
     electrode_area_cm2: {min: 1.0, max: 100.0}
-  clinical:                    # the TENS ceilings (controller/ceilings.py) require these
+  clinical:                    # the TENS ceilings (controller/modality/ceilings.py) require these
     frequency_hz: {max: 150}
   derived: {charge_per_phase_uc: {max: 32.0}, current_density_rms_ma_cm2: {max: 2.0}}
 rules: {ramp_rate_ma_s: 10.0}

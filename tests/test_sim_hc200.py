@@ -18,8 +18,8 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
 from simulator.faults import FaultPlan
 from simulator.modbus_device import ModbusEndpoint
 from simulator.server import SimulatedDevice, build_endpoint, build_model
@@ -599,7 +599,7 @@ limits:
   absolute:
     duration_s: {min: 1, max: 7000}
     temperature_c: {min: 5.0, max: 45.0}
-  # The thermal ceilings (controller/ceilings.py) require these.
+  # The thermal ceilings (controller/modality/ceilings.py) require these.
   clinical: {duration_s: {max: 1800}}
   regimes:
     cold:

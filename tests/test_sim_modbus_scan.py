@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.profile import Profile
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
+from controller.profiles.model import Profile
 from protocols.crc import crc16_modbus
 from simulator import modbus_device
 from simulator.faults import parse_faults

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import serial
 
-from controller.profile import Profile
-from controller.profile_loader import load_profile_file, resolve_profile
+from controller.profiles.loader import load_profile_file, resolve_profile
+from controller.profiles.model import Profile
 from simulator.binding import Binding
 from simulator.faults import FaultPlan
 from simulator.scpi_device import ScpiEndpoint

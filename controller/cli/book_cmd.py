@@ -10,9 +10,7 @@ import argparse
 import sys
 from datetime import timedelta
 
-from controller import booking_rules as rules
-from controller import clinic_time
-from controller.calibration_gate import profile_mismatch
+from controller.calibration.gate import profile_mismatch
 from controller.cli.clinic_common import (
     add_clinic_options,
     clinic_command,
@@ -29,13 +27,15 @@ from controller.cli.session_cmd import (
     run_session,
     terminal_runner,
 )
-from controller.clinic_records import BookingRow
-from controller.plan import Plan
-from controller.plan_runner import run_plan_booking
-from controller.prescription import parse_duration, parse_settings
-from controller.profile_loader import profile_file
-from controller.roles import load_roles
-from controller.session_start import SessionStarter
+from controller.clinic import bookings as rules
+from controller.clinic import clock as clinic_time
+from controller.clinic.roles import load_roles
+from controller.modality.prescription import parse_duration, parse_settings
+from controller.plans.plan import Plan
+from controller.plans.runner import run_plan_booking
+from controller.profiles.loader import profile_file
+from controller.records.clinic_tables import BookingRow
+from controller.session.service import SessionStarter
 
 # A plan booking holds its devices for the plan's steps and pauses plus this per step: moving
 # the patient, changing applicators, checking the skin.

@@ -18,23 +18,23 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from controller.calibration import (
+from controller.calibration.context import Timing
+from controller.calibration.gate import profile_mismatch
+from controller.calibration.plan import (
+    PHASE_TEXT,
+    CalibrationPlan,
+    default_plan,
+    profile_channels,
+)
+from controller.calibration.procedure import (
     TOLERANCES,
     CalibrationJob,
     CalibrationOutcome,
     check_plan,
     run_calibration,
 )
-from controller.calibration_context import Timing
-from controller.calibration_gate import profile_mismatch
-from controller.calibration_plan import (
-    PHASE_TEXT,
-    CalibrationPlan,
-    default_plan,
-    profile_channels,
-)
-from controller.calibration_readings import ReadingsError, load_readings
-from controller.calibration_technician import (
+from controller.calibration.readings import ReadingsError, load_readings
+from controller.calibration.technician import (
     CalibrationAborted,
     FileTechnician,
     PromptTechnician,
@@ -48,11 +48,11 @@ from controller.cli.common import (
     UsageError,
     error,
 )
-from controller.numbers import NumberError, parse_integer
-from controller.profile import Profile
-from controller.profile_loader import ProfileError, resolve_profile
-from controller.records import RecordsError, RecordStore, default_db_path
-from controller.roles import RoleRefused, RolesError, require
+from controller.clinic.roles import RoleRefused, RolesError, require
+from controller.profiles.loader import ProfileError, resolve_profile
+from controller.profiles.model import Profile
+from controller.profiles.numbers import NumberError, parse_integer
+from controller.records.store import RecordsError, RecordStore, default_db_path
 
 HISTORY = "history"
 Ask = Callable[[str], str]

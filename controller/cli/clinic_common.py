@@ -10,13 +10,13 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.booking_rules import BookingInputError
 from controller.cli.common import EXIT_INVALID, EXIT_REJECTED, EXIT_USAGE, UsageError, error
-from controller.clinic_records import ClinicError
-from controller.clinic_time import TimeError
-from controller.prescription import DurationError, SettingsError
-from controller.records import DB_ENV, RecordsError, RecordStore, default_db_path
-from controller.roles import RoleRefused, RolesError
+from controller.clinic.bookings import BookingInputError
+from controller.clinic.clock import TimeError
+from controller.clinic.roles import RoleRefused, RolesError
+from controller.modality.prescription import DurationError, SettingsError
+from controller.records.clinic_tables import ClinicError
+from controller.records.store import DB_ENV, RecordsError, RecordStore, default_db_path
 
 Body = Callable[[argparse.Namespace], int]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from controller.exit_codes import (
+from controller.clinic.patients import PatientIdError, check_patient_id
+from controller.session.exit_codes import (
     EXIT_FAULT,
     EXIT_INTERNAL,
     EXIT_INVALID,
@@ -13,7 +14,6 @@ from controller.exit_codes import (
     EXIT_STOPPED,
     EXIT_USAGE,
 )
-from controller.patient_rules import PatientIdError, check_patient_id
 
 __all__ = ["EXIT_FAULT", "EXIT_INTERNAL", "EXIT_INVALID", "EXIT_OK", "EXIT_REJECTED",
            "EXIT_STOPPED", "EXIT_USAGE", "UsageError", "error", "patient_option"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from controller.cli.common import EXIT_OK
 from controller.cli.session_cmd import print_report, run_session
-from controller.prescription import build_prescription
-from controller.profile_loader import resolve_profile, shipped_profile_paths
-from controller.records import RecordStore
-from controller.session_start import SessionStarter
+from controller.modality.prescription import build_prescription
+from controller.profiles.loader import resolve_profile, shipped_profile_paths
+from controller.records.store import RecordStore
+from controller.session.service import SessionStarter
 from simulator.server import SimulatedDevice
 
 # A short, clinically plausible prescription per modality (the modality contract's parameter

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from controller import clinic_time
-from controller.booking_rules import load_profile
-from controller.calibration_gate import real_port
+from controller.calibration.gate import real_port
 from controller.cli.clinic_common import (
     add_clinic_options,
     clinic_command,
@@ -25,17 +23,19 @@ from controller.cli.clinic_common import (
     refused,
 )
 from controller.cli.common import EXIT_OK, UsageError
-from controller.clinic_records import DeviceRow
-from controller.device_link import DeviceLink, identify
-from controller.profile import IdentityError, Profile
-from controller.profile_loader import (
+from controller.clinic import clock as clinic_time
+from controller.clinic.bookings import load_profile
+from controller.clinic.roles import load_roles
+from controller.device.link import DeviceLink, identify
+from controller.profiles.loader import (
     ProfileError,
     load_profile_file,
     resolve_profile,
     shipped_profile_paths,
 )
-from controller.records import RecordStore
-from controller.roles import load_roles
+from controller.profiles.model import IdentityError, Profile
+from controller.records.clinic_tables import DeviceRow
+from controller.records.store import RecordStore
 from protocols.errors import ProtocolError
 
 

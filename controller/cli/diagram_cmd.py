@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from controller.cli.common import EXIT_OK
-from controller.session_machine import mermaid_diagram
+from controller.session.machine import mermaid_diagram
 
 DOC_HEADER = """# Session states
 
-Generated from `controller/session_machine.py` by `modctl diagram --doc`;
+Generated from `controller/session/machine.py` by `modctl diagram --doc`;
 `tests/test_session_machine.py` fails when this file and the code differ.
 Every way out of ramping, delivering or holding goes through `stopping`, where
 the output is commanded off and confirmed.

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from controller.cli.common import EXIT_INVALID, EXIT_OK, error
-from controller.history import (
+from controller.records.history import (
     DOSE_FIGURES,
     HistoryEntry,
     PatientHistory,
@@ -22,8 +22,8 @@ from controller.history import (
     patient_history,
     session_samples,
 )
-from controller.html_report import ReportError, render_html
-from controller.records import RecordStore
+from controller.records.html_report import ReportError, render_html
+from controller.records.store import RecordStore
 
 # As in records_cmd: unreadable records, or a report that cannot be made or written.
 EXIT_RECORDS = EXIT_INVALID

@@ -25,8 +25,8 @@ from controller.cli import (
     simulate_cmd,
 )
 from controller.cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_USAGE, UsageError, error
-from controller.records import RecordsError
-from controller.yaml_source import SourceError
+from controller.profiles.yaml_source import SourceError
+from controller.records.store import RecordsError
 
 # Set to show a traceback for internal errors (for developers only).
 DEBUG_ENV = "MODCTL_DEBUG"

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from datetime import timedelta
 
-from controller.calibration_gate import check_calibration
+from controller.calibration.gate import check_calibration
 from controller.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -23,9 +23,10 @@ from controller.cli.session_cmd import (
     note_interrupted,
     terminal_runner,
 )
-from controller.dose_budget import plan_budget_problems
-from controller.patient_rules import interval_conflict
-from controller.plan import (
+from controller.clinic.patients import interval_conflict
+from controller.clinic.roles import RoleRefused, RolesError, load_roles
+from controller.modality.dose_budget import plan_budget_problems
+from controller.plans.plan import (
     EXAMPLE_WARNING,
     Plan,
     PlanError,
@@ -35,11 +36,10 @@ from controller.plan import (
     load_plan_file,
     preset_paths,
 )
-from controller.plan_runner import DeviceCheck, PlanCheck, run_plan_ref
-from controller.profile import Profile
-from controller.records import RecordsError, RecordStore, default_db_path
-from controller.roles import RoleRefused, RolesError, load_roles
-from controller.session_start import SessionStarter
+from controller.plans.runner import DeviceCheck, PlanCheck, run_plan_ref
+from controller.profiles.model import Profile
+from controller.records.store import RecordsError, RecordStore, default_db_path
+from controller.session.service import SessionStarter
 
 # Width that `plan show` wraps notes and descriptions to.
 TEXT_WIDTH = 88

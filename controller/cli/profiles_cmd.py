@@ -9,14 +9,14 @@ import sys
 import yaml
 
 from controller.cli.common import EXIT_INVALID, EXIT_OK, error
-from controller.limits import effective_bound
-from controller.profile import DURATION, Profile
-from controller.profile_loader import (
+from controller.modality.limits import effective_bound
+from controller.profiles.loader import (
     ProfileError,
     load_profile_file,
     resolve_profile,
     shipped_profile_paths,
 )
+from controller.profiles.model import DURATION, Profile
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

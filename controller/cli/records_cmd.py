@@ -13,8 +13,8 @@ from typing import Any
 
 from controller.cli import history_cmd
 from controller.cli.common import EXIT_INVALID, EXIT_OK, error
-from controller.history import export_patient_json
-from controller.records import DB_ENV, RecordsError, RecordStore, SessionRow, default_db_path
+from controller.records.history import export_patient_json
+from controller.records.store import DB_ENV, RecordsError, RecordStore, SessionRow, default_db_path
 
 DEFAULT_LIST_LIMIT = 50
 # A database that cannot be read and a broken audit trail both exit 1: the records can't be trusted.

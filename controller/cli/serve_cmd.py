@@ -18,13 +18,13 @@ from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from controller import clinic_time
 from controller.cli.clinic_common import add_clinic_options, clinic_command, open_store
 from controller.cli.common import EXIT_OK
-from controller.records import RecordStore
-from controller.reminders import Reminder, reminders_at, upcoming
-from controller.roles import load_roles
-from controller.scheduling import every, make_scheduler
+from controller.clinic import clock as clinic_time
+from controller.clinic.reminders import Reminder, reminders_at, upcoming
+from controller.clinic.roles import load_roles
+from controller.records.store import RecordStore
+from controller.session.scheduling import every, make_scheduler
 
 # How often the server looks again for new bookings and the day's calibration state: a booking
 # made for "now" is reminded within this, and so is the first check of a new day.

@@ -12,7 +12,8 @@ from typing import Any
 
 from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error, patient_option
 from controller.cli.live_display import LiveDisplay
-from controller.prescription import (
+from controller.clinic.roles import RoleRefused, RolesConfig, RolesError, load_roles
+from controller.modality.prescription import (
     DurationError,
     Prescription,
     PrescriptionRejected,
@@ -21,12 +22,11 @@ from controller.prescription import (
     parse_duration,
     parse_settings,
 )
-from controller.profile import Profile
-from controller.profile_loader import ProfileError, resolve_profile
-from controller.records import RecordsError, RecordStore, default_db_path
-from controller.roles import RoleRefused, RolesConfig, RolesError, load_roles
-from controller.session_report import SessionReport
-from controller.session_start import ClinicRules, SessionStarter, StepRunner
+from controller.profiles.loader import ProfileError, resolve_profile
+from controller.profiles.model import Profile
+from controller.records.store import RecordsError, RecordStore, default_db_path
+from controller.session.report import SessionReport
+from controller.session.service import ClinicRules, SessionStarter, StepRunner
 
 # How often the terminal display refreshes.
 DISPLAY_PERIOD_S = 0.25

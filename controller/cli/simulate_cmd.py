@@ -9,7 +9,7 @@ import threading
 from types import FrameType
 
 from controller.cli.common import EXIT_OK, UsageError
-from controller.profile_loader import resolve_profile
+from controller.profiles.loader import resolve_profile
 from simulator.faults import FAULT_NAMES, FaultError, parse_faults
 from simulator.server import SimulatedDevice
 

@@ -1,0 +1,1 @@
+"""Technician calibration: procedures per modality, the device side, the calibration gate."""

@@ -1,0 +1,1 @@
+"""The clinic: bookings, roles, the clinic clock, patient rules, reminders."""

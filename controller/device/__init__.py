@@ -1,0 +1,1 @@
+"""The device layer: a profile's operations over a protocol engine, identification."""

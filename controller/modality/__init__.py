@@ -1,0 +1,1 @@
+"""Modality knowledge: what prescriptions mean, limits and ceilings, dose, per-modality rules."""

@@ -1,0 +1,1 @@
+"""Treatment plans: the format, presets, and the runner."""

@@ -1,0 +1,1 @@
+"""Records: sessions, events, telemetry, the audit chain, clinic tables, history and reports."""
