@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from controller.profile import Profile
-from controller.profile_sections import Step
+from controller.profiles.model import Profile
+from controller.profiles.sections import Step
 from protocols.map_common import Scalar
 
 # Write actions the device models understand, in the order a write that

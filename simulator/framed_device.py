@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from controller.profile import Profile
+from controller.profiles.model import Profile
 from protocols.crc import crc16_ccitt_false
 from protocols.map_common import Scalar
 from protocols.map_framed import FrameCommand, FramedMap, FrameField

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from controller.profile import Profile
+from controller.profiles.model import Profile
 from protocols.crc import crc16_modbus, crc16_modbus_states
 from protocols.map_common import Scalar
 from protocols.map_modbus import ModbusMap, ModbusRegister

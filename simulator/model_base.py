@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from controller.profile import Profile
+from controller.profiles.model import Profile
 from protocols.map_common import Scalar
 from simulator.faults import FaultPlan
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from controller.profile import Profile
+from controller.profiles.model import Profile
 from protocols.map_common import Scalar
 from protocols.map_scpi import ScpiCommand, ScpiField, ScpiMap
 from simulator.binding import SET, Binding, ReadSource

@@ -6,7 +6,7 @@ import importlib
 import time
 from types import TracebackType
 
-from controller.profile import Profile
+from controller.profiles.model import Profile
 from simulator.binding import Binding
 from simulator.endpoint import Endpoint
 from simulator.faults import FaultPlan
