@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,3 +54,18 @@ class SessionReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+
+
+def plain(values: Mapping[str, object]) -> dict[str, Any]:
+    """JSON-safe copy for records and reports: nested mappings and lists kept."""
+    return {str(k): _plain_value(v) for k, v in values.items()}
+
+
+def _plain_value(value: object) -> Any:
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return plain(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    return str(value)

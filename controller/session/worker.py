@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,13 +26,27 @@ from controller.records.store import RecordsError, RecordStore
 from controller.session import backstops, checks, gc_policy
 from controller.session.machine import ACTIVE_OUTPUT, SessionState, build_machine
 from controller.session.mailbox import StopMailbox, StopRequest
-from controller.session.report import SessionReport, TimelineEvent
+from controller.session.report import SessionReport, TimelineEvent, plain
+from controller.session.stopping import command_stop, confirm_stopped
+from controller.session.timing import (
+    CONFIRM_POLL_S,
+    CONTROLLED_RAMP_DOWN_S,
+    POLL_GUARD_S,
+    POLL_HISTORY,
+    guard_s,
+    poll_guard_s,
+)
+from controller.session.variables import session_variables, stop_ramps
 from controller.session.verdicts import Verdict
 from protocols.engine import DeviceEvent
 from protocols.errors import DeviceRefused, Interrupted, ProtocolError
 from protocols.map_common import Scalar
 
 log = logging.getLogger(__name__)
+
+# The timing names tests and benchmarks know from here live in controller.session.timing.
+__all__ = ["CONTROLLED_RAMP_DOWN_S", "POLL_GUARD_S", "IdentityGate", "LinkFactory", "Session",
+           "UpdateHook", "poll_guard_s"]
 
 Clock = Callable[[], float]
 LinkFactory = Callable[[Profile, str], DeviceLink]
@@ -43,35 +56,11 @@ UpdateHook = Callable[[dict[str, Any]], None]
 # registered device that reports this identity), or None.
 IdentityGate = Callable[[Mapping[str, str]], "str | None"]
 
-# No telemetry poll starts within this margin plus one reply timeout of the planned
-# end, so the stop does not wait behind a poll even when one of its replies is lost
-# and retried (measured: a 30 ms guard alone let stops wait 160-390 ms on an
-# overloaded machine). The longest silence before the stop stays under 2 poll periods.
-POLL_GUARD_S = 0.03
-# How many recent poll durations the planned-end guard looks at.
-POLL_HISTORY = 8
-# An operator's controlled stop ramps down this fast where the device supports a
-# ramp: command (p99 < 5 ms) plus ramp stays inside the 20 ms operator-stop target
-# to output off. The planned end stops at once, exactly on time, as the device's own
-# timer would.
-CONTROLLED_RAMP_DOWN_S = 0.01
-# How often the output state is read while confirming a stop.
-CONFIRM_POLL_S = 0.02
-
 # Prescriptions that have started an output in this process. An output is never
 # restored: after any stop (lead off, e-stop, fault, restart) only a new operator
 # request — a new prescription — can start one again.
 _STARTED: set[str] = set()
 _STARTED_LOCK = threading.Lock()
-
-
-def poll_guard_s(profile: Profile) -> float:
-    """How long before the planned end no poll starts: POLL_GUARD_S plus one lost
-    reply, but never so long that the silence before the end reads as stale."""
-    safety = profile.safety
-    extra = min(profile.link.reply_timeout_s, safety.poll_period_s)
-    return max(POLL_GUARD_S, min(POLL_GUARD_S + extra,
-                                 safety.stale_after_s - safety.poll_period_s))
 
 
 class _StopWith(Exception):
@@ -133,7 +122,7 @@ class Session:
         self._poll_times: collections.deque[float] = collections.deque(maxlen=POLL_HISTORY)
         self._thread: threading.Thread | None = None
         self.report: SessionReport | None = None
-        self.variables = self._variables()
+        self.variables = session_variables(profile, prescription)
 
     # -- public API (any thread) ------------------------------------------------------
     def request_stop(self, source: str = "operator", emergency: bool = False,
@@ -235,7 +224,7 @@ class Session:
         except IdentityError as exc:
             raise _Reject(f"device identity unreadable: {exc}") from None
         self.identity, self.device = found.results, found.identity
-        self._event("reply", {"op": "identify", "identity": _plain(self.identity)})
+        self._event("reply", {"op": "identify", "identity": plain(self.identity)})
         problem = found.latched_fault
         if problem and self._clear_fault and self.link.has("clear_fault") \
                 and not found.telemetry.get("output_on"):
@@ -266,7 +255,7 @@ class Session:
         if self.store is not None and self.session_id:
             try:
                 self.store.set_session_identity(self.session_id,
-                                                {**_plain(self.identity), **self.device})
+                                                {**plain(self.identity), **self.device})
             except RecordsError as exc:
                 raise _Reject(f"records unavailable: {exc}") from None
         if self._on_identified is not None:
@@ -364,17 +353,7 @@ class Session:
             self.link.poll_events()
 
     def _guard_s(self) -> float:
-        """No poll starts this close to the planned end: the base guard (one lost reply),
-        or the longest recent poll plus the base margin, since one poll is several
-        exchanges and near the slow end of a manual takes longer than a poll period.
-        Capped so the quiet end never reads as stale telemetry; a poll that still runs
-        into the planned end is cut short by the link's interrupt check."""
-        base = poll_guard_s(self.profile)
-        if not self._poll_times:
-            return base
-        safety = self.profile.safety
-        cap = safety.stale_after_s - safety.poll_period_s
-        return max(base, min(POLL_GUARD_S + max(self._poll_times), cap))
+        return guard_s(self.profile, self._poll_times)
 
     def _poll(self, now: float, ramp_s: float) -> Verdict | None:
         assert self.link is not None and self.meter is not None and self.t_start is not None
@@ -397,7 +376,7 @@ class Session:
         self.meter.add_sample(at, t)
         if self.store is not None and self.session_id:
             try:
-                self.store.add_sample(self.session_id, _plain(t), t_s=at - self.t0,
+                self.store.add_sample(self.session_id, plain(t), t_s=at - self.t0,
                                       delivered_s=self._delivered(at),
                                       dose=self.meter.figures())
             except RecordsError as exc:
@@ -469,7 +448,7 @@ class Session:
         """The first pending device event that ends this session, if any."""
         while self._device_events:
             event = self._device_events.pop(0)
-            self._event("reply", {"event": event.kind, **_plain(event.fields)})
+            self._event("reply", {"event": event.kind, **plain(event.fields)})
             channel = self.variables.get("channel")
             verdict = checks.event_verdict(self.profile, event,
                                            int(channel) if channel is not None else None)
@@ -524,7 +503,7 @@ class Session:
         if self.t_start is None:
             self.state.stop_source = ""
         elif self.t_off is None:
-            self.t_off = t_cmd + (CONTROLLED_RAMP_DOWN_S if ramped and self._stop_ramps
+            self.t_off = t_cmd + (CONTROLLED_RAMP_DOWN_S if ramped and stop_ramps(self.profile)
                                   else 0.0)
         self._close_dose()
         self._event("decision", {"outcome": verdict.outcome, "stop_source": verdict.stop_source,
@@ -570,49 +549,27 @@ class Session:
             self.meter.add_sample(self.t_off, self._last_running)
 
     def _command_stop(self, emergency: bool, immediate: bool) -> None:
-        """Send the stop first, record it after: a record write may wait on the disk.
-
-        A controlled stop ramps down where the device can; a fault stops at once
-        without latching the device (an e-stop latches on some devices); the
-        e-stop is the operator's choice and the fallback when a stop fails.
-        """
+        """Send the stop first, record it after (controller.session.stopping)."""
         if self.link is None:
             return
-        # From here nothing pre-empts the link: the stop itself must never be interrupted.
-        self.link.set_interrupt(None)
-        ops = ["emergency_stop"] if emergency else ["stop", "emergency_stop"]
-        variables = dict(self.variables)
-        if immediate:
-            variables["ramp_down_s"] = 0.0
-        errors = []
-        for op in ops:
-            try:
-                self._sent_estop = op == "emergency_stop"
-                self.link.run(op, variables)
-                self._event("command", {"op": op, "ramp_down_s": variables["ramp_down_s"]})
-                return
-            except ProtocolError as exc:
-                errors.append(f"{op}: {exc}")
-        self._event("fault", {"reason": "stop command failed", "errors": errors})
+        sent = command_stop(self.link, self.variables, emergency=emergency,
+                            immediate=immediate)
+        # After our own e-stop a latched e-stop flag is ours, not the device's cause.
+        self._sent_estop = sent.estop
+        if sent.op is not None:
+            self._event("command", {"op": sent.op, "ramp_down_s": sent.ramp_down_s})
+        else:
+            self._event("fault", {"reason": "stop command failed", "errors": sent.errors})
 
     def _confirm_stopped(self) -> bool:
         if self.link is None:
             return False
-        deadline = self.clock() + self.profile.safety.stop_confirm_timeout_s
-        while True:
-            try:
-                t = self.link.telemetry(self.variables)
-                self._seen(t)
-                # Not a dose sample: a reading after the stop would count the time up
-                # to it as "uncoupled" / "off" and shave the delivered figures.
-                if not checks.output_running(self.profile, t):
-                    self._event("reply", {"op": "confirm_stop", "output_on": False})
-                    return True
-            except ProtocolError as exc:
-                log.debug("confirming stop: %s", exc)
-            if self.clock() >= deadline:
-                return False
-            self._pause(CONFIRM_POLL_S)
+        confirmed = confirm_stopped(
+            self.link, self.variables, timeout_s=self.profile.safety.stop_confirm_timeout_s,
+            clock=self.clock, pause=self._pause, poll_s=CONFIRM_POLL_S, seen=self._seen)
+        if confirmed:
+            self._event("reply", {"op": "confirm_stop", "output_on": False})
+        return confirmed
 
     def _pause(self, seconds: float) -> None:
         """Sleep on the worker (a seam: clock-driven unit tests advance a fake clock)."""
@@ -659,11 +616,6 @@ class Session:
             return self.t_start + self.rx.duration_s
         return self.meter.planned_end(self.t_start, self.rx.duration_s, self.clock())
 
-    @property
-    def _stop_ramps(self) -> bool:
-        steps = self.profile.operations.stop or []
-        return any(v == "$ramp_down_s" for s in steps for v in s.args.values())
-
     def _delivered(self, now: float) -> float:
         if self.t_start is None:
             return 0.0
@@ -677,19 +629,6 @@ class Session:
         return {"state": self.state.state, "remaining_s": self.time_remaining(),
                 "delivered_s": self._delivered(now), "telemetry": dict(self.last_telemetry),
                 "dose": self.meter.figures() if self.meter else {}}
-
-    def _variables(self) -> dict[str, Scalar]:
-        safety = self.profile.safety
-        out: dict[str, Scalar] = dict(self.rx.device_values)
-        out.update(self.rx.session_values)
-        out["watchdog_s"] = safety.watchdog_s
-        # Device timers count whole seconds: round up so the controller ends first.
-        out["timer_s"] = float(math.ceil(self.rx.duration_s + safety.timer_margin_s))
-        out["ramp_down_s"] = CONTROLLED_RAMP_DOWN_S
-        out.setdefault("ramp_up_s", 0.0)
-        if "channel" in out:
-            out["channel_mask"] = float(1 << int(out["channel"]))
-        return out
 
     def _records_failure(self, exc: RecordsError) -> None:
         """Any records write failed, in any thread (the periodic flush included): nothing
@@ -707,7 +646,7 @@ class Session:
         self.events.append(TimelineEvent(round(t, 4), kind, detail))
         if self.store is not None and self.session_id:
             try:
-                self.store.add_event(self.session_id, kind, _plain(detail), t_s=t,
+                self.store.add_event(self.session_id, kind, plain(detail), t_s=t,
                                      delivered_s=self._delivered(self.clock()),
                                      dose=self.meter.figures() if self.meter else None)
             except RecordsError as exc:
@@ -731,7 +670,7 @@ class Session:
         report = SessionReport(
             session_id=self.session_id, outcome=outcome, reason=self.state.reason,
             profile=self.profile.id,
-            device={"port": self.port, **_plain(self.identity), **self.device},
+            device={"port": self.port, **plain(self.identity), **self.device},
             prescription=self.rx.record(), planned_s=self.rx.duration_s,
             delivered_s=round(delivered, 3), stop_source=str(self.state.stop_source), dose=dose,
             events=self.events, stop_confirmed=self.stop_confirmed,
@@ -748,18 +687,3 @@ class Session:
                 report.reason += f"; records: {exc}"
         self.report = report
         return report
-
-
-def _plain(values: Mapping[str, object]) -> dict[str, Any]:
-    """JSON-safe copy for records and reports: nested mappings and lists kept."""
-    return {str(k): _plain_value(v) for k, v in values.items()}
-
-
-def _plain_value(value: object) -> Any:
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    if isinstance(value, Mapping):
-        return _plain(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain_value(v) for v in value]
-    return str(value)
