@@ -13,28 +13,10 @@ from protocols.crc import (
     crc16_modbus,
     crc16_modbus_states,
 )
+from tests.support.crc import crc16_ccitt_false as bitwise_ccitt_false
+from tests.support.crc import crc16_modbus as bitwise_modbus
 
 CHECK_INPUT = b"123456789"  # the input of every CRC catalogue's "check" value
-
-
-def bitwise_modbus(data: bytes) -> int:
-    """Reference: reflected poly 0xA001, init 0xFFFF, one bit at a time."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
-def bitwise_ccitt_false(data: bytes) -> int:
-    """Reference: poly 0x1021, init 0xFFFF, MSB first, no reflection, no final XOR."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
-    return crc
 
 
 def test_catalogue_check_values() -> None:

@@ -18,16 +18,9 @@ from controller.modality.ultrasound import (
     power_mismatch,
 )
 from controller.profiles.loader import resolve_profile
+from tests.support.clock import FakeClock
 
 US = resolve_profile("us-300").profile
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def coupled(power: float = 7.5, contact: float = 90.0) -> dict[str, object]:
@@ -58,8 +51,8 @@ def test_measured_energy_reference_values(duty: float, power: float, energy: flo
     m = meter(clock, duty=duty)
     m.hold.start(0.0)
     for i in range(0, 1501):                      # 5 min at 0.2 s polls
-        clock.t = i * 0.2
-        m.add_sample(clock.t, coupled(power))
+        clock.now = i * 0.2
+        m.add_sample(clock.now, coupled(power))
     fig = m.figures()
     assert fig["energy_j"] == pytest.approx(energy)
     assert fig["nominal_energy_j"] == pytest.approx(energy)
@@ -107,16 +100,16 @@ def test_the_planned_end_moves_by_the_time_without_contact() -> None:
         hold.add(float(t), True)
     for t in range(101, 131):                     # contact lost for 30 s
         hold.add(float(t), False)
-    clock.t = 130.0
+    clock.now = 130.0
     assert hold.hold_s() == pytest.approx(29.5)   # half of the 100..101 interval so far
     assert hold.end_time() == pytest.approx(329.5)
-    clock.t = 131.0
+    clock.now = 131.0
     hold.add(131.0, True)
     assert hold.hold_s() == pytest.approx(30.0)
     assert hold.end_time() == pytest.approx(330.0)
-    clock.t = 329.9
+    clock.now = 329.9
     assert not hold.due() and hold.remaining_s() == pytest.approx(0.1)
-    clock.t = 330.0
+    clock.now = 330.0
     assert hold.due() and hold.treatment_s() == pytest.approx(300.0)
     assert hold.hold_exceeded() is None
 
@@ -126,10 +119,10 @@ def test_between_samples_the_last_state_is_extrapolated_on_the_clock() -> None:
     hold = CouplingHold(planned_s=300.0, max_hold_s=60.0, clock=clock)
     hold.start()                                  # start time read from the clock
     hold.add(10.0, False)
-    clock.t = 70.0
+    clock.now = 70.0
     assert hold.hold_s() == pytest.approx(60.0) and hold.hold_exceeded() is None
     assert hold.end_time() == pytest.approx(370.0)
-    clock.t = 71.0
+    clock.now = 71.0
     assert hold.hold_exceeded() == \
         "coupling lost for 61.0 s in total, more than the 60 s the session end may move"
 
@@ -146,7 +139,7 @@ def test_hold_is_cumulative_over_episodes() -> None:
         for _ in range(20):
             hold.add(t, False)
             t += 1
-    clock.t = t
+    clock.now = t
     assert hold.hold_s() > 60.0 and hold.hold_exceeded() is not None
 
 
@@ -157,7 +150,7 @@ def test_the_dose_meter_reports_lost_coupling_and_applicator_heat() -> None:
     m.add_sample(0.0, coupled())
     m.add_sample(1.0, holding())
     assert m.check(holding()) is None
-    clock.t = 62.0
+    clock.now = 62.0
     assert m.check(holding()) is not None and "coupling lost" in str(m.check(holding()))
     hot = {**coupled(), "applicator_temp_c": 41.2}
     assert m.check(hot) == "applicator temperature 41.2 degC passed the limit 41 degC"
@@ -196,9 +189,9 @@ def test_treatment_plus_hold_is_the_elapsed_time(steps: list[tuple[float, bool]]
     hold = CouplingHold(planned_s=100.0, max_hold_s=60.0, clock=clock)
     hold.start(0.0)
     for dt, c in steps:
-        clock.t += dt
-        hold.add(clock.t, c)
-    assert hold.treatment_s() + hold.hold_s() == pytest.approx(clock.t)
+        clock.now += dt
+        hold.add(clock.now, c)
+    assert hold.treatment_s() + hold.hold_s() == pytest.approx(clock.now)
     assert hold.end_time() == pytest.approx(100.0 + hold.hold_s())
 
 

@@ -22,16 +22,22 @@ from protocols.map_modbus import ModbusMap
 from protocols.map_scpi import ScpiMap
 from protocols.modbus import ModbusEngine
 from protocols.scpi import SETTLE_QUIET_TIMEOUTS, ScpiEngine
-from tests.test_framed_engine import (
+from tests.support.devices import (
     GET_INFO,
     GET_STATUS,
+    HC_HOLDINGS,
+    HC_INPUTS,
     PING,
+    TELEMETRY,
+    FakeUs300,
     ScriptedDevice,
+    Slave,
+    adu,
     ref_frame,
-    small_map,
+    req,
 )
-from tests.test_modbus_engine import HC_HOLDINGS, HC_INPUTS, TELEMETRY, Slave, adu
-from tests.test_scpi_engine import FakeUs300, req
+from tests.support.ports import SlowPort
+from tests.test_framed_engine import small_map
 
 Device = Callable[[bytes], bytes]
 
@@ -49,60 +55,6 @@ FIVE_QUERIES = ["frequency", "intensity", "output", "status", "idn"]
 HC_READ = [*TELEMETRY, "setpoint", "output_enable"]   # three requests: inputs 0-5, holding 0, 2
 # Scheduling noise allowed on top of one reply time in the latency bounds.
 SLACK_S = 0.03
-
-
-class SlowPort:
-    """A Transport in memory whose device answers each write after `delay` seconds.
-
-    `on_write(n)` runs after the n-th write (1-based): tests raise the stop there,
-    i.e. while that exchange is on the wire.
-    """
-
-    port_name = "memory"
-
-    def __init__(self, device: Device, delay: float = 0.0,
-                 on_write: Callable[[int], None] | None = None) -> None:
-        self.device, self.delay, self.on_write = device, delay, on_write
-        self.writes: list[bytes] = []
-        self.inbox = bytearray()
-        self._pending: list[tuple[float, bytes]] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-        reply = self.device(data)
-        if reply:
-            self._pending.append((time.monotonic() + self.delay, reply))
-        if self.on_write is not None:
-            self.on_write(len(self.writes))
-
-    def _arrive(self) -> None:
-        now = time.monotonic()
-        while self._pending and self._pending[0][0] <= now:
-            self.inbox += self._pending.pop(0)[1]
-
-    def read(self, n: int, deadline: float) -> bytes:
-        while True:
-            self._arrive()
-            now = time.monotonic()
-            if len(self.inbox) >= n or now >= deadline:
-                out = bytes(self.inbox[:n])
-                del self.inbox[:n]
-                return out
-            wake = min([deadline] + [t for t, _ in self._pending[:1]])
-            time.sleep(max(0.0, min(wake - now, 0.002)))
-
-    def read_available(self) -> bytes:
-        self._arrive()
-        out = bytes(self.inbox)
-        self.inbox.clear()
-        return out
-
-    def discard_input(self) -> None:
-        self._arrive()
-        self.inbox.clear()
-
-    def close(self) -> None:
-        pass
 
 
 class Check:

@@ -23,6 +23,7 @@ from protocols.framed_codec import (
     to_raw,
 )
 from protocols.map_framed import FramedMap, FrameField, FrameFieldType
+from tests.support.crc import crc16_ccitt_false as bitwise_crc
 
 SYNC = 0xA5
 
@@ -36,16 +37,6 @@ def _es4_map() -> FramedMap:
 PMAP = _es4_map()
 CMDS = PMAP.commands
 MAX_BUFFERED = PMAP.max_len + FRAME_OVERHEAD - 1  # one incomplete candidate at most
-
-
-def bitwise_crc(data: bytes) -> int:
-    """Independent CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, MSB first, one bit at a time."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
 
 
 def ref_frame(seq: int, cmd: int, payload: bytes = b"", sync: int = SYNC) -> bytes:

@@ -1,4 +1,9 @@
-"""The framed binary engine over a real pty, against a small scripted ES-4-like device."""
+"""The framed binary engine against a small scripted ES-4-like device, in memory.
+
+Both read paths are exercised (plain reads, and the `read_some` SerialTransport
+offers). The tests about real time or a real port (silence, lost replies, a
+peer that goes away, events that trickle in) run over a pseudo-terminal.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +29,22 @@ from protocols.errors import (
 )
 from protocols.framed import EVENT_QUEUE_MAX, FramedEngine
 from protocols.map_framed import FramedMap
-from protocols.transport import SerialSettings, SerialTransport
-from tests.pty_peer import PtyPeer, pty_peer
+from protocols.transport import SerialSettings, SerialTransport, Transport
+from tests.pty_peer import PtyPeer
+from tests.support.crc import ccitt_crc_bytes
+from tests.support.devices import (
+    CONFIGURE,
+    EVENT,
+    GET_STATUS,
+    PING,
+    STATUS_PAYLOAD,
+    STOP,
+    ScriptedDevice,
+    es4_event,
+    ref_frame,
+)
+from tests.support.ports import ScriptedPort, ScriptedPortReadSome
+from tests.support.protocol import expected_protocol
 
 ES4 = resolve_profile("es-4").profile
 
@@ -38,92 +57,6 @@ def _es4_map() -> FramedMap:
 ES4_MAP = _es4_map()
 SETTINGS = SerialSettings(baudrate=115200)
 TIMEOUT_S = 0.5  # generous: these tests share the machine; timeout tests set their own
-PING, GET_INFO, CONFIGURE, STOP, GET_STATUS, EVENT = 0x01, 0x02, 0x10, 0x13, 0x20, 0x70
-STATUS_PAYLOAD = bytes([0b0001, 2, 0xFA, 0x00, 0xB0, 0x04, 0x0A, 0x00, 0x32, 0x00,
-                        0, 0, 0, 0xE8, 0x03, 0, 0, 0, 0])
-INFO_PAYLOAD = b"ES-4\0\0\0\0" + (4242).to_bytes(4, "little") + bytes([1, 2, 2])
-
-
-def bitwise_crc(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE one bit at a time: independent of the code under test."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
-
-
-def ref_frame(seq: int, cmd: int, payload: bytes = b"", sync: int = 0xA5) -> bytes:
-    body = bytes([2 + len(payload), seq, cmd]) + payload
-    crc = bitwise_crc(body)
-    return bytes([sync]) + body + bytes([crc >> 8, crc & 0xFF])
-
-
-def es4_event(kind: int, channel: int, value: int) -> bytes:
-    return ref_frame(0, EVENT, bytes([kind, channel]) + value.to_bytes(2, "little"))
-
-
-class ScriptedDevice:
-    """The device side: frames by itself, executes a SEQ once, resends its remembered reply.
-
-    `replies` gives the payload after the status byte per command code; `status`
-    overrides the status per code. `before`/`after` are bytes sent around the
-    next replies (events, garbage, stale frames), one entry per reply.
-    """
-
-    def __init__(self, sync: int = 0xA5, offset: int = 0x80, ok: int = 0) -> None:
-        self.sync, self.offset, self.ok = sync, offset, ok
-        self.replies: dict[int, bytes] = {GET_STATUS: STATUS_PAYLOAD, GET_INFO: INFO_PAYLOAD}
-        self.status: dict[int, int] = {}
-        self.remembered: tuple[int, bytes] | None = None
-        self.requests: list[bytes] = []
-        self.executed: list[tuple[int, int, bytes]] = []
-        self.drop_replies = 0
-        self.silent = False
-        self.before: list[bytes] = []
-        self.after: list[bytes] = []
-        self._buf = bytearray()
-
-    def __call__(self, data: bytes) -> bytes:
-        self._buf += data
-        out = bytearray()
-        while (frame := self._take()) is not None:
-            self.requests.append(frame)
-            seq, cmd, payload = frame[2], frame[3], frame[4:-2]
-            if self.remembered is not None and self.remembered[0] == seq:
-                reply = self.remembered[1]  # a repeat: not executed again
-            else:
-                self.executed.append((seq, cmd, payload))
-                status = self.status.get(cmd, self.ok)
-                body = self.replies.get(cmd, b"") if status == self.ok else b""
-                reply = ref_frame(seq, (cmd + self.offset) & 0xFF, bytes([status]) + body,
-                                  self.sync)
-                self.remembered = (seq, reply)
-            if self.silent:
-                continue
-            if self.drop_replies:
-                self.drop_replies -= 1
-                continue
-            out += (self.before.pop(0) if self.before else b"") + reply
-            out += self.after.pop(0) if self.after else b""
-        return bytes(out)
-
-    def _take(self) -> bytes | None:
-        buf = self._buf
-        while True:
-            start = buf.find(self.sync)
-            if start < 0:
-                buf.clear()
-                return None
-            del buf[:start]
-            if len(buf) < 2 or len(buf) < buf[1] + 4:
-                return None
-            frame = bytes(buf[:buf[1] + 4])
-            if bitwise_crc(frame[1:-2]) == int.from_bytes(frame[-2:], "big"):
-                del buf[:len(frame)]
-                return frame
-            del buf[:1]
 
 
 class ReadSomeTransport(SerialTransport):
@@ -144,11 +77,8 @@ class ReadSomeTransport(SerialTransport):
         return data
 
 
-# PtyPeer.close is idempotent: tests close peers early on purpose.
-Peer = PtyPeer
-
-
-Opener = Callable[..., tuple[FramedEngine, PtyPeer]]
+Port = ScriptedPort | PtyPeer
+Opener = Callable[..., tuple[FramedEngine, Port]]
 
 
 def seq_before(pmap: FramedMap, seq: int) -> int:
@@ -158,35 +88,58 @@ def seq_before(pmap: FramedMap, seq: int) -> int:
     return seqs[seqs.index(seq) - 1]
 
 
+def make_opener(stack: ExitStack, connect: Callable[[Callable[[bytes], bytes]],
+                                                    tuple[Transport, Port]]) -> Opener:
+    """Engine and port for a device; see open_engine."""
+    def opener(device: Callable[[bytes], bytes], pmap: FramedMap = ES4_MAP,
+               timeout: float = TIMEOUT_S, retries: int = 2,
+               first_seq: int | None = None, opened: bool = True,
+               sync_command: str = "ping") -> tuple[FramedEngine, Port]:
+        transport, port = connect(device)
+        if opened and first_seq is not None:
+            first_seq = seq_before(pmap, first_seq)
+        engine = FramedEngine(transport, pmap, timeout, retries,
+                              first_seq=first_seq, sync_command=sync_command)
+        stack.callback(engine.close)
+        if opened:
+            engine.open_link()
+            if isinstance(port, ScriptedPort):
+                port.writes.clear()
+            else:
+                port.received.clear()
+            if isinstance(device, ScriptedDevice):
+                device.requests.clear()
+                device.executed.clear()
+        return engine, port
+    return opener
+
+
 @pytest.fixture(params=["read", "read_some"])
 def open_engine(request: pytest.FixtureRequest) -> Iterator[Opener]:
-    """Engine and peer over one pty; both transports' read paths are exercised.
+    """Engine and port in memory, in virtual time; both read paths are exercised.
 
     With `opened` (the default) the engine has made its opening exchange
     (FramedEngine.open_link) and the device's log is cleared, so a test sees only
     its own requests, the first of them under `first_seq`.
     """
+    cls = ScriptedPort if request.param == "read" else ScriptedPortReadSome
+    with ExitStack() as stack:
+        def connect(device: Callable[[bytes], bytes]) -> tuple[Transport, Port]:
+            port = stack.enter_context(cls(device))
+            return port, port
+        yield make_opener(stack, connect)
+
+
+@pytest.fixture(params=["read", "read_some"])
+def pty_engine(request: pytest.FixtureRequest) -> Iterator[Opener]:
+    """As open_engine, over a real pty: for the tests about real time and the port."""
     cls = SerialTransport if request.param == "read" else ReadSomeTransport
     with ExitStack() as stack:
-        def opener(device: Callable[[bytes], bytes], pmap: FramedMap = ES4_MAP,
-                   timeout: float = TIMEOUT_S, retries: int = 2,
-                   first_seq: int | None = None, opened: bool = True,
-                   sync_command: str = "ping") -> tuple[FramedEngine, PtyPeer]:
-            peer = Peer(device)
+        def connect(device: Callable[[bytes], bytes]) -> tuple[Transport, Port]:
+            peer = PtyPeer(device)
             stack.callback(peer.close)
-            if opened and first_seq is not None:
-                first_seq = seq_before(pmap, first_seq)
-            engine = FramedEngine(cls(peer.port, SETTINGS), pmap, timeout, retries,
-                                  first_seq=first_seq, sync_command=sync_command)
-            stack.callback(engine.close)
-            if opened:
-                engine.open_link()
-                peer.received.clear()
-                if isinstance(device, ScriptedDevice):
-                    device.requests.clear()
-                    device.executed.clear()
-            return engine, peer
-        yield opener
+            return cls(peer.port, SETTINGS), peer
+        yield make_opener(stack, connect)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
@@ -256,22 +209,20 @@ def test_requests_never_use_the_event_seq(open_engine: Opener) -> None:
 
 
 def test_engine_refuses_maps_and_settings_it_cannot_use() -> None:
-    with pty_peer(ScriptedDevice()) as peer:
-        transport = SerialTransport(peer.port, SETTINGS)
+    with ScriptedPort(ScriptedDevice()) as transport:
         with pytest.raises(ValueError, match="fewer than two request SEQ values"):
             FramedEngine(transport, small_map(4, 5, event_seq=5), TIMEOUT_S, 1)
         with pytest.raises(ValueError, match="first_seq 0"):
             FramedEngine(transport, ES4_MAP, TIMEOUT_S, 1, first_seq=0)
         with pytest.raises(ValueError, match="retries"):
             FramedEngine(transport, ES4_MAP, TIMEOUT_S, -1)
-        transport.close()
 
 
-def test_status_is_device_refused(open_engine: Opener) -> None:
+def test_status_is_device_refused(pty_engine: Opener) -> None:
     device = ScriptedDevice()
     device.status[GET_STATUS] = 7
     device.status[CONFIGURE] = 3
-    engine, _ = open_engine(device)
+    engine, _ = pty_engine(device)
     with pytest.raises(DeviceRefused) as info:
         engine.write("configure", {"channel": 0, "waveform": 0, "mode": 0,
                                    "frequency_hz": 100, "pulse_width_us": 200})
@@ -296,9 +247,9 @@ def test_reply_of_the_wrong_length_is_a_violation(open_engine: Opener) -> None:
 
 # -- lost replies, remembered replies, stale and garbage ---------------------------------
 
-def test_lost_reply_is_resent_with_the_same_seq(open_engine: Opener) -> None:
+def test_lost_reply_is_resent_with_the_same_seq(pty_engine: Opener) -> None:
     device = ScriptedDevice()
-    engine, _ = open_engine(device, timeout=0.15)
+    engine, _ = pty_engine(device, timeout=0.15)
     device.drop_replies = 1
     start = time.monotonic()
     result = engine.read(["get_status"])
@@ -325,10 +276,8 @@ def test_fresh_engines_start_at_random_seqs() -> None:
     starts = set()
     for _ in range(40):
         device = ScriptedDevice()
-        with pty_peer(device) as peer:
-            engine = FramedEngine(SerialTransport(peer.port, SETTINGS), ES4_MAP, TIMEOUT_S, 0)
-            engine.write("ping", {})
-            engine.close()
+        with ScriptedPort(device) as port:
+            FramedEngine(port, ES4_MAP, TIMEOUT_S, 0).write("ping", {})
         starts.add(device.executed[0][0])
         # The opening PING, then ours under the next SEQ.
         assert [(seq, cmd) for seq, cmd, _ in device.executed] == \
@@ -353,9 +302,9 @@ def test_stale_reply_and_garbage_are_skipped(open_engine: Opener) -> None:
 
 
 def test_stray_sync_before_a_reply_costs_one_timeout_not_the_reply(
-        open_engine: Opener) -> None:
+        pty_engine: Opener) -> None:
     device = ScriptedDevice()
-    engine, _ = open_engine(device, timeout=0.15)
+    engine, _ = pty_engine(device, timeout=0.15)
     device.before = [b"\xa5"]  # the reply's SYNC is read as a LEN of 165
     start = time.monotonic()
     assert engine.read(["get_status"])["get_status.ch0_state"] == 2
@@ -365,9 +314,9 @@ def test_stray_sync_before_a_reply_costs_one_timeout_not_the_reply(
 
 # -- events ---------------------------------------------------------------------------------
 
-def test_events_between_replies_reach_the_handler_in_order(open_engine: Opener) -> None:
+def test_events_between_replies_reach_the_handler_in_order(pty_engine: Opener) -> None:
     device = ScriptedDevice()
-    engine, peer = open_engine(device)
+    engine, peer = pty_engine(device)
     seen: list[DeviceEvent] = []
     engine.set_event_handler(seen.append)
     device.before = [es4_event(1, 0, 12000), b""]
@@ -394,10 +343,10 @@ def test_events_between_replies_reach_the_handler_in_order(open_engine: Opener) 
 
 def test_events_wait_for_a_handler(open_engine: Opener) -> None:
     device = ScriptedDevice()
-    engine, peer = open_engine(device)
+    engine, port = open_engine(device)
     device.before = [es4_event(1, 1, 15000)]
     engine.read(["get_status"])
-    peer.send(es4_event(2, 1, 0))
+    port.send(es4_event(2, 1, 0))
     time.sleep(0.05)
     engine.poll_events()
     seen: list[DeviceEvent] = []
@@ -406,16 +355,16 @@ def test_events_wait_for_a_handler(open_engine: Opener) -> None:
 
 
 def test_malformed_events_are_delivered_and_the_queue_is_bounded(open_engine: Opener) -> None:
-    engine, peer = open_engine(ScriptedDevice())
-    peer.send(ref_frame(0, EVENT, b"\x01\x00"))  # two bytes short
-    peer.send(b"".join(es4_event(2, 0, n) for n in range(EVENT_QUEUE_MAX + 10)))
+    engine, port = open_engine(ScriptedDevice())
+    port.send(ref_frame(0, EVENT, b"\x01\x00"))  # two bytes short
+    port.send(b"".join(es4_event(2, 0, n) for n in range(EVENT_QUEUE_MAX + 10)))
     time.sleep(0.1)
     engine.poll_events()
     seen: list[DeviceEvent] = []
     engine.set_event_handler(seen.append)
     assert len(seen) == EVENT_QUEUE_MAX  # the oldest went first, the malformed one with them
     assert seen[-1].fields["value"] == EVENT_QUEUE_MAX + 9
-    peer.send(ref_frame(0, EVENT, b"\x01\x00"))
+    port.send(ref_frame(0, EVENT, b"\x01\x00"))
     assert poll_until(engine, lambda: len(seen) == EVENT_QUEUE_MAX + 1)
     assert (seen[-1].kind, seen[-1].fields) == ("malformed", {"payload": "01 00"})
 
@@ -434,9 +383,9 @@ def test_a_failing_handler_does_not_break_the_exchange(
     assert "event handler failed" in caplog.text
 
 
-def test_a_stray_sync_does_not_hold_events_forever(open_engine: Opener) -> None:
+def test_a_stray_sync_does_not_hold_events_forever(pty_engine: Opener) -> None:
     device = ScriptedDevice()
-    engine, peer = open_engine(device, timeout=0.05)
+    engine, peer = pty_engine(device, timeout=0.05)
     seen: list[DeviceEvent] = []
     engine.set_event_handler(seen.append)
     peer.send(b"\xa5" + es4_event(1, 0, 11000))
@@ -445,9 +394,9 @@ def test_a_stray_sync_does_not_hold_events_forever(open_engine: Opener) -> None:
 
 # -- failures that must stay bounded ----------------------------------------------------------
 
-def test_silence_is_link_timeout_after_the_same_frame_each_time(open_engine: Opener) -> None:
+def test_silence_is_link_timeout_after_the_same_frame_each_time(pty_engine: Opener) -> None:
     device = ScriptedDevice()
-    engine, _ = open_engine(device, timeout=0.05, retries=3)
+    engine, _ = pty_engine(device, timeout=0.05, retries=3)
     device.silent = True
     start = time.monotonic()
     with pytest.raises(LinkTimeout, match=r"get_status: no reply to seq \d+ after 4 attempt"):
@@ -458,8 +407,8 @@ def test_silence_is_link_timeout_after_the_same_frame_each_time(open_engine: Ope
     assert len(set(device.requests)) == 1 and len(device.executed) == 1
 
 
-def test_peer_gone_is_link_lost(open_engine: Opener) -> None:
-    engine, peer = open_engine(ScriptedDevice())
+def test_peer_gone_is_link_lost(pty_engine: Opener) -> None:
+    engine, peer = pty_engine(ScriptedDevice())
     engine.write("ping", {})
     peer.close()
     start = time.monotonic()
@@ -468,9 +417,9 @@ def test_peer_gone_is_link_lost(open_engine: Opener) -> None:
     assert time.monotonic() - start < 1.0
 
 
-def test_peer_gone_while_waiting_is_link_lost_at_once(open_engine: Opener) -> None:
+def test_peer_gone_while_waiting_is_link_lost_at_once(pty_engine: Opener) -> None:
     device = ScriptedDevice()
-    engine, peer = open_engine(device, timeout=2.0, retries=3)
+    engine, peer = pty_engine(device, timeout=2.0, retries=3)
     device.silent = True
     threading.Timer(0.1, peer.close).start()
     start = time.monotonic()
@@ -495,7 +444,7 @@ def test_peer_gone_while_waiting_is_link_lost_at_once(open_engine: Opener) -> No
 def test_values_refused_before_anything_is_sent(
         open_engine: Opener, entry: str, args: dict[str, float], words: list[str]) -> None:
     device = ScriptedDevice()
-    engine, peer = open_engine(device)
+    engine, port = open_engine(device)
     with pytest.raises(ValueRejected) as info:
         engine.write(entry, args)
     for word in words:
@@ -503,12 +452,46 @@ def test_values_refused_before_anything_is_sent(
     with pytest.raises(ValueRejected):  # a bad value in any entry refuses the whole read
         engine.read(["get_status", "get_cal"], {"channel": 5})
     time.sleep(0.05)
-    assert peer.received == b""
+    assert port.received == b""
 
 
-def test_exchanges_are_logged(open_engine: Opener, caplog: pytest.LogCaptureFixture) -> None:
-    engine, _ = open_engine(ScriptedDevice(), first_seq=1)
-    with caplog.at_level(logging.DEBUG, logger="protocols.framed"):
+def es4_engine(first_seq: int) -> Callable[[Transport], FramedEngine]:
+    """An engine factory for expected_protocol; its opening PING goes under `first_seq`."""
+    return lambda port: FramedEngine(port, ES4_MAP, TIMEOUT_S, 2, first_seq=first_seq)
+
+
+def test_ping_status_info_and_a_refusal_byte_for_byte() -> None:
+    # SYNC LEN SEQ CMD PAYLOAD CRC_HI CRC_LO; a reply's CMD is the request's + 0x80 and its
+    # payload starts with a status. The link opens with a PING whose reply is dropped.
+    with expected_protocol(es4_engine(255), [
+        (bytes.fromhex("a5 02 ff 01 b1 22"), bytes.fromhex("a5 03 ff 81 00 f8 d6")),
+        (bytes.fromhex("a5 02 01 01 81 ec"), bytes.fromhex("a5 03 01 81 00 00 85")),
+        (bytes.fromhex("a5 02 02 20 e0 fc"),
+         bytes.fromhex("a5 16 02 a0 00 01 02 fa 00 b0 04 0a 00 32 00 00 00 00 e8 03"
+                       " 00 00 00 00 b6 b2")),
+        (bytes.fromhex("a5 02 03 02 d7 ed"),
+         bytes.fromhex("a5 12 03 82 00 45 53 2d 34 00 00 00 00 92 10 00 00 01 02 02 24 1c")),
+        (bytes.fromhex("a5 09 04 10 01 00 02 64 00 c8 00 95 50"),
+         bytes.fromhex("a5 03 04 90 03 eb 54")),
+    ]) as engine:
+        assert engine.write("ping", {}) == {}
+        status = engine.read(["get_status"])
+        info = engine.read(["get_info"])
+        with pytest.raises(DeviceRefused) as refused:
+            engine.write("configure", {"channel": 1, "waveform": 0, "mode": 2,
+                                       "frequency_hz": 100, "pulse_width_us": 200})
+    assert status["get_status.flags.estop_latched"] is True
+    assert (status["get_status.ch0_state"], status["get_status.ch0_amplitude"],
+            status["get_status.ch1_impedance"]) == (2, 25.0, 1000)
+    assert (info["get_info.model"], info["get_info.serial"]) == ("ES-4", 4242)
+    assert (refused.value.code, refused.value.text) == (3, "out of range")
+
+
+def test_exchanges_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with expected_protocol(es4_engine(255), [
+        (bytes.fromhex("a5 02 ff 01 b1 22"), bytes.fromhex("a5 03 ff 81 00 f8 d6")),
+        (bytes.fromhex("a5 02 01 01 81 ec"), bytes.fromhex("a5 03 01 81 00 00 85")),
+    ]) as engine, caplog.at_level(logging.DEBUG, logger="protocols.framed"):
         engine.write("ping", {})
     assert "ping: send seq 1: a5 02 01 01 81 ec" in caplog.text
     assert "ping: reply seq 1: 00" in caplog.text
@@ -650,7 +633,7 @@ def test_an_invented_framed_device_is_driven_byte_for_byte(
         STATE: bytes.fromhex("00 00 0e 0b  04 d2  02  a0  03 e8  00 00 00 0a"),
     }
     device.status[RUN] = 0x03
-    engine, peer = open_engine(device, pmap=pmap, timeout=profile.link.reply_timeout_s,
+    engine, port = open_engine(device, pmap=pmap, timeout=profile.link.reply_timeout_s,
                                retries=profile.safety.retry_budget, first_seq=59,
                                sync_command="hello")
     seen: list[DeviceEvent] = []
@@ -658,7 +641,7 @@ def test_an_invented_framed_device_is_driven_byte_for_byte(
 
     assert engine.read(["hello"]) == {"hello.fw": 0x0107, "hello.name": "NT-7"}
     assert device.requests[0] == bytes([0x7E, 0x02, 59, HELLO]) + \
-        bitwise_crc(bytes([0x02, 59, HELLO])).to_bytes(2, "big")
+        ccitt_crc_bytes(bytes([0x02, 59, HELLO]))
 
     device.after = [ref_frame(0xFF, 0x0E, bytes.fromhex("03 e8 07"), NT7_SYNC)]
     engine.write("program", {"amplitude": 12.34, "pulse_width_us": 150, "frequency_hz": 80,
@@ -684,7 +667,7 @@ def test_an_invented_framed_device_is_driven_byte_for_byte(
     assert device.requests[-1] == ref_frame(12, 0x25, bytes.fromhex("00 64"), NT7_SYNC)
 
     # An ES-4 frame means nothing on this line.
-    peer.send(es4_event(1, 0, 12000))
+    port.send(es4_event(1, 0, 12000))
     time.sleep(0.05)
     engine.poll_events()
     assert len(seen) == 1

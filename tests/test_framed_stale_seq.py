@@ -8,8 +8,6 @@ on each request's SEQ differs from the one before, so the device executes it.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from controller.profiles.loader import resolve_profile
@@ -18,7 +16,7 @@ from protocols.map_framed import FramedMap
 from protocols.transport import SerialSettings, SerialTransport
 from simulator.framed_device import FramedEndpoint
 from simulator.server import SimulatedDevice
-from tests.test_framed_engine import (
+from tests.support.devices import (
     GET_INFO,
     GET_STATUS,
     INFO_PAYLOAD,
@@ -28,6 +26,7 @@ from tests.test_framed_engine import (
     es4_event,
     ref_frame,
 )
+from tests.support.ports import ScriptedPort
 
 ES4 = resolve_profile("es-4").profile
 assert isinstance(ES4.protocol, FramedMap)
@@ -38,39 +37,6 @@ REPLY = 0x80
 OLD_INFO = b"ES-4\0\0\0\0" + (1111).to_bytes(4, "little") + bytes([1, 0, 2])
 # An earlier host's GET_STATUS reply: everything idle, while channel 0 now runs.
 OLD_STATUS = bytes(19)
-
-
-class MemoryPort:
-    """A Transport in memory: `device` answers each write at once (no pty, no threads)."""
-
-    port_name = "memory"
-
-    def __init__(self, device: ScriptedDevice) -> None:
-        self.device = device
-        self.inbox = bytearray()
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-        self.inbox += self.device(data)
-
-    def read(self, n: int, deadline: float) -> bytes:
-        out = bytes(self.inbox[:n])
-        del self.inbox[:n]
-        if len(out) < n:
-            time.sleep(max(0.0, deadline - time.monotonic()))
-        return out
-
-    def read_available(self) -> bytes:
-        out = bytes(self.inbox)
-        self.inbox.clear()
-        return out
-
-    def discard_input(self) -> None:
-        self.inbox.clear()
-
-    def close(self) -> None:
-        pass
 
 
 def remembering(seq: int, cmd: int, old_payload: bytes) -> ScriptedDevice:
@@ -89,9 +55,8 @@ def test_a_remembered_reply_under_our_first_seq_is_discarded(
     # The issue's case: the new host's first request happens to use the remembered SEQ.
     assert STATUS_PAYLOAD[1] == 2 and INFO_PAYLOAD[8:12] == (4242).to_bytes(4, "little")
     device = remembering(77, cmd, old)
-    port = MemoryPort(device)
-    engine = FramedEngine(port, ES4_MAP, TIMEOUT_S, 2, first_seq=77)
-    result = engine.read([entry])
+    with ScriptedPort(device) as port:
+        result = FramedEngine(port, ES4_MAP, TIMEOUT_S, 2, first_seq=77).read([entry])
     assert result[key] == current       # the stale reply would say 1111 / idle
     # Byte for byte: a PING under 77 (answered from memory, thrown away), then ours
     # under 78, which the device executes.
@@ -105,9 +70,10 @@ def test_every_reply_after_the_opening_ping_is_executed(first_seq: int) -> None:
     # Whatever SEQ the device remembers relative to ours (the same, the next, any
     # other), every request after the opening PING is executed, never replayed.
     device = remembering(77, GET_INFO, OLD_INFO)
-    engine = FramedEngine(MemoryPort(device), ES4_MAP, TIMEOUT_S, 2, first_seq=first_seq)
-    for _ in range(3):
-        assert engine.read(["get_info"])["get_info.serial"] == 4242
+    with ScriptedPort(device) as port:
+        engine = FramedEngine(port, ES4_MAP, TIMEOUT_S, 2, first_seq=first_seq)
+        for _ in range(3):
+            assert engine.read(["get_info"])["get_info.serial"] == 4242
     executed = [(seq, c) for seq, c, _ in device.executed]
     assert [c for _, c in executed][-3:] == [GET_INFO] * 3
     assert len(device.requests) == 4      # the PING and three GET_INFO, no resends
@@ -117,12 +83,12 @@ def test_frames_waiting_at_open_are_not_taken_for_replies() -> None:
     # A reply already in the port's buffer (an earlier host's, under the SEQ our
     # first GET_INFO will carry) is dropped; an event waiting there is delivered.
     device = ScriptedDevice()
-    port = MemoryPort(device)
-    port.inbox += ref_frame(78, GET_INFO + REPLY, b"\x00" + OLD_INFO) + es4_event(1, 0, 12000)
-    engine = FramedEngine(port, ES4_MAP, TIMEOUT_S, 2, first_seq=77)
     events: list[str] = []
-    engine.set_event_handler(lambda ev: events.append(ev.kind))
-    assert engine.read(["get_info"])["get_info.serial"] == 4242
+    with ScriptedPort(device) as port:
+        port.send(ref_frame(78, GET_INFO + REPLY, b"\x00" + OLD_INFO) + es4_event(1, 0, 12000))
+        engine = FramedEngine(port, ES4_MAP, TIMEOUT_S, 2, first_seq=77)
+        engine.set_event_handler(lambda ev: events.append(ev.kind))
+        assert engine.read(["get_info"])["get_info.serial"] == 4242
     assert events == ["lead_off"]
     assert port.writes == [ref_frame(77, PING), ref_frame(78, GET_INFO)]
 
@@ -130,19 +96,18 @@ def test_frames_waiting_at_open_are_not_taken_for_replies() -> None:
 def test_the_opening_ping_needs_a_harmless_command_in_the_map() -> None:
     device = ScriptedDevice()
     with pytest.raises(ValueError, match="no 'hello' command"):
-        FramedEngine(MemoryPort(device), ES4_MAP, TIMEOUT_S, 2, sync_command="hello")
+        FramedEngine(ScriptedPort(device), ES4_MAP, TIMEOUT_S, 2, sync_command="hello")
     with pytest.raises(ValueError, match="no 'configure' command without request fields"):
-        FramedEngine(MemoryPort(device), ES4_MAP, TIMEOUT_S, 2, sync_command="configure")
+        FramedEngine(ScriptedPort(device), ES4_MAP, TIMEOUT_S, 2, sync_command="configure")
 
 
 def test_a_silent_device_fails_the_opening_with_the_callers_entry_named() -> None:
     device = ScriptedDevice()
     device.silent = True
-    port = MemoryPort(device)
-    engine = FramedEngine(port, ES4_MAP, 0.02, 1, first_seq=5)
-    with pytest.raises(Exception, match=r"get_info: no reply to the opening ping \(seq 5\) "
-                                        r"after 2 attempt"):
-        engine.read(["get_info"])
+    with ScriptedPort(device) as port, \
+            pytest.raises(Exception, match=r"get_info: no reply to the opening ping \(seq 5\) "
+                                           r"after 2 attempt"):
+        FramedEngine(port, ES4_MAP, 0.02, 1, first_seq=5).read(["get_info"])
     assert port.writes == [ref_frame(5, PING)] * 2   # resent unchanged, nothing else sent
 
 

@@ -97,6 +97,7 @@ from simulator.framed_device import FramedEndpoint
 from simulator.modbus_device import MAX_BUFFER, ModbusEndpoint
 from simulator.scpi_device import LINE_SLACK, ScpiEndpoint
 from simulator.server import build_endpoint, build_model
+from tests.support.ports import PORT_BUFFER, ScriptedPort, ScriptedPortReadSome
 
 PROFILE_IDS = ("hc-200", "us-300", "es-4")
 # Messages may carry a hex dump of a whole frame; anything longer is not "clear".
@@ -396,102 +397,6 @@ def test_framed_reply_payloads_decode_to_every_field(
 # =====================================================================================
 # Host side: whole engines on a scripted port
 # =====================================================================================
-
-PORT_BUFFER = 4096  # what a pseudo-terminal holds for a reader
-
-
-class VirtualClock:
-    """The engines' time.monotonic while they talk to a ScriptedPort.
-
-    A read that comes back short has waited until its deadline, as a real port's
-    does: the clock jumps there. Every look at the clock costs a microsecond, so
-    code that polls the clock without reading still sees time pass.
-    """
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        self.t += 1e-6
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += max(0.0, seconds)
-
-    def wait_until(self, deadline: float) -> None:
-        self.t = max(self.t, deadline)
-
-
-class ScriptedPort:
-    """A Transport whose device answers each request with `reply(request)`, in virtual time.
-
-    Use as a context manager: it puts its VirtualClock in place of the engines' `time`
-    module, so timeouts, retries and quiet-line waits run in full without any waiting.
-    """
-
-    port_name = "fuzz"
-    ENGINE_MODULES = ("protocols.scpi", "protocols.modbus", "protocols.framed")
-
-    def __init__(self, reply: Callable[[bytes], bytes], max_writes: int = 64) -> None:
-        self._reply = reply
-        self.inbox = bytearray()
-        self.writes = 0
-        self.max_writes = max_writes
-        self.read_bytes = 0
-        self.clock = VirtualClock()
-        self._patch = pytest.MonkeyPatch()
-
-    def __enter__(self) -> ScriptedPort:
-        fake_time = SimpleNamespace(monotonic=self.clock.monotonic, sleep=self.clock.sleep,
-                                    perf_counter=self.clock.monotonic)
-        for name in self.ENGINE_MODULES:
-            self._patch.setattr(f"{name}.time", fake_time)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._patch.undo()
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        assert self.writes <= self.max_writes, "engine keeps writing: unbounded retries"
-        self.inbox += self._reply(data)
-
-    def read(self, n: int, deadline: float) -> bytes:
-        out = bytes(self.inbox[:n])
-        del self.inbox[:n]
-        self.read_bytes += len(out)
-        if len(out) < n:
-            self.clock.wait_until(deadline)
-        return out
-
-    def read_available(self) -> bytes:
-        """At most a pty's buffer at a time, as `in_waiting` would report."""
-        out = bytes(self.inbox[:PORT_BUFFER])
-        del self.inbox[:PORT_BUFFER]
-        self.read_bytes += len(out)
-        return out
-
-    def discard_input(self) -> None:
-        self.inbox.clear()
-
-    def close(self) -> None:
-        pass
-
-
-class ScriptedPortReadSome(ScriptedPort):
-    """With the optional `read_some` the framed engine prefers: one call per arrival."""
-
-    def read_some(self, n: int, deadline: float) -> bytes:
-        if not self.inbox:
-            self.clock.wait_until(deadline)
-            return b""
-        # What arrives together: a reply and whatever follows it, in pieces.
-        take = min(n, len(self.inbox), 1 + len(self.inbox) // 2)
-        out = bytes(self.inbox[:take])
-        del self.inbox[:take]
-        self.read_bytes += len(out)
-        return out
-
 
 HC_READS = [tuple(profile("hc-200").protocol.input_registers)[:n]  # type: ignore[union-attr]
             for n in (1, 3, 10)] + [("setpoint",), ("status", "setpoint", "model")]

@@ -19,14 +19,7 @@ from controller.session.gc_policy import (
     SAFE_MARGIN_S,
     CollectionPolicy,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
@@ -39,7 +32,7 @@ def collections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 def test_collects_only_when_no_planned_end_is_near(collections: list[int]) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     policy = CollectionPolicy(clock)
     ends = {"a": 10.0, "b": SAFE_MARGIN_S / 2}
     policy.watch(lambda: ends["a"])
@@ -56,7 +49,7 @@ def test_collects_only_when_no_planned_end_is_near(collections: list[int]) -> No
 
 
 def test_sessions_without_a_planned_end_do_not_block(collections: list[int]) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     policy = CollectionPolicy(clock)
     policy.watch(lambda: None)     # identifying, or already stopped
     clock.now += MIN_INTERVAL_S
@@ -64,7 +57,7 @@ def test_sessions_without_a_planned_end_do_not_block(collections: list[int]) -> 
 
 
 def test_not_more_often_than_the_minimum_interval(collections: list[int]) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     policy = CollectionPolicy(clock)
     clock.now += MIN_INTERVAL_S / 2
     assert not policy.step()
@@ -76,14 +69,14 @@ def test_not_more_often_than_the_minimum_interval(collections: list[int]) -> Non
 def test_not_before_it_is_due(monkeypatch: pytest.MonkeyPatch,
                               collections: list[int]) -> None:
     monkeypatch.setattr(gc_policy.gc, "get_count", lambda: (0, 0, DUE_AFTER_GEN1 - 1))
-    clock = Clock()
+    clock = FakeClock(100.0)
     policy = CollectionPolicy(clock)
     clock.now += 10 * MAX_DEFER_S
     assert not policy.step() and collections == []
 
 
 def test_memory_stays_bounded_when_no_safe_moment_comes(collections: list[int]) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     policy = CollectionPolicy(clock)
     policy.watch(lambda: 0.0)      # always about to stop
     clock.now += MAX_DEFER_S * 3   # a long quiet spell since the last full collection...
@@ -95,7 +88,7 @@ def test_memory_stays_bounded_when_no_safe_moment_comes(collections: list[int]) 
 
 
 def test_a_failing_watcher_counts_as_unsafe(collections: list[int]) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     policy = CollectionPolicy(clock)
 
     def broken() -> float:

@@ -38,16 +38,7 @@ from protocols.modbus_codec import (
     write_multiple_request,
     write_single_request,
 )
-
-
-def bitwise_crc(data: bytes) -> bytes:
-    """CRC-16/MODBUS one bit at a time, low byte first as on the wire."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return bytes((crc & 0xFF, crc >> 8))
+from tests.support.crc import modbus_crc_bytes as bitwise_crc
 
 
 def frame(text: str) -> bytes:

@@ -1,16 +1,18 @@
-"""The Modbus engine over a real pseudo-terminal against a scripted RTU slave.
+"""The Modbus engine against a scripted RTU slave: in memory, byte for byte.
 
-The slave below is written from the Modbus RTU rules, independently of
-protocols.modbus_codec: its own framing, its own bit-by-bit CRC.
+The slave (tests.support.devices.Slave) is written from the Modbus RTU rules,
+independently of protocols.modbus_codec: its own framing, its own bit-by-bit CRC.
+The few tests about real time or a real port (silence, late replies, a peer
+that goes away, the profile's parity on a pty) run over a pseudo-terminal.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,119 +30,17 @@ from protocols.errors import (
 from protocols.map_modbus import ModbusMap
 from protocols.modbus import ModbusEngine
 from protocols.modbus_codec import decode_bits, decode_register
-from protocols.transport import SerialSettings, SerialTransport
+from protocols.transport import SerialSettings, SerialTransport, Transport
 from tests.pty_peer import PtyPeer, pty_peer
+from tests.support.devices import HC_HOLDINGS, HC_INPUTS, TELEMETRY, Slave, adu
+from tests.support.ports import MAX_WRITES, ScriptedPort
+from tests.support.protocol import expected_protocol
 
 REPLY_TIMEOUT_S = 0.05
 RETRIES = 2
 SETTINGS = SerialSettings(baudrate=19200)
 
 
-def crc(data: bytes) -> bytes:
-    value = 0xFFFF
-    for byte in data:
-        value ^= byte
-        for _ in range(8):
-            value = (value >> 1) ^ 0xA001 if value & 1 else value >> 1
-    return bytes((value & 0xFF, value >> 8))
-
-
-def adu(text: str) -> bytes:
-    """Hex of a frame without its CRC -> the frame with it."""
-    body = bytes.fromhex(text)
-    return body + crc(body)
-
-
-class Slave:
-    """A Modbus RTU slave with register tables and fault injection, for a PtyPeer."""
-
-    def __init__(self, unit: int, inputs: dict[int, int], holdings: dict[int, int]) -> None:
-        self.unit = unit
-        self.inputs = dict(inputs)
-        self.holdings = dict(holdings)
-        self.refuse: dict[int, int] = {}  # holding address -> exception code on write
-        self.corrupt_next = 0  # replies sent with a flipped CRC bit
-        self.truncate_next = 0  # replies cut short
-        self.late_next = 0.0  # seconds to sit on the next reply
-        self.silent = False
-        self.reply_unit: int | None = None  # answer as another unit
-        self.requests: list[bytes] = []
-        self._buf = bytearray()
-
-    def __call__(self, data: bytes) -> bytes:
-        self._buf += data
-        out = b""
-        while (frame := self._take_frame()) is not None:
-            out += self._answer(frame)
-        return out
-
-    def _take_frame(self) -> bytes | None:
-        if len(self._buf) < 2:
-            return None
-        fc = self._buf[1]
-        if fc in (3, 4, 6):
-            need = 8
-        elif fc == 0x10:
-            if len(self._buf) < 7:
-                return None
-            need = 9 + self._buf[6]
-        else:
-            self._buf.clear()
-            return None
-        if len(self._buf) < need:
-            return None
-        frame = bytes(self._buf[:need])
-        del self._buf[:need]
-        return frame
-
-    def _answer(self, frame: bytes) -> bytes:
-        if crc(frame[:-2]) != frame[-2:] or frame[0] != self.unit:
-            return b""  # the spec: no reply at all
-        self.requests.append(frame)
-        if self.silent:
-            return b""
-        body = self._execute(frame)
-        reply = bytes((self.reply_unit or self.unit,)) + body
-        reply += crc(reply)
-        if self.corrupt_next:
-            self.corrupt_next -= 1
-            reply = reply[:-1] + bytes((reply[-1] ^ 0x01,))
-        elif self.truncate_next:
-            self.truncate_next -= 1
-            reply = reply[:-3]
-        if self.late_next:
-            time.sleep(self.late_next)
-            self.late_next = 0.0
-        return reply
-
-    def _execute(self, frame: bytes) -> bytes:
-        fc, address, count_or_value = frame[1], *struct.unpack(">HH", frame[2:6])
-        if fc in (3, 4):
-            table = self.holdings if fc == 3 else self.inputs
-            span = range(address, address + count_or_value)
-            if any(a not in table for a in span):
-                return bytes((fc | 0x80, 2))
-            return bytes((fc, 2 * count_or_value)) + b"".join(
-                struct.pack(">H", table[a]) for a in span)
-        if fc == 6:
-            values = {address: count_or_value}
-        else:
-            words = struct.unpack(f">{count_or_value}H", frame[7:-2])
-            values = {address + i: w for i, w in enumerate(words)}
-        for a in values:
-            if a not in self.holdings:
-                return bytes((fc | 0x80, 2))
-            if a in self.refuse:
-                return bytes((fc | 0x80, self.refuse[a]))
-        self.holdings.update(values)  # all or nothing
-        return frame[1:6]
-
-
-# HC-200 registers as its manual lays them out (defaults after power-up for holdings).
-HC_INPUTS = {0: 372, 1: 0xFFE7, 2: 0x0003, 3: 120, 4: 480, 5: 0, 6: 102, 7: 0x0001,
-             8: 0xE240, 9: 0x4843}
-HC_HOLDINGS = {0: 370, 1: 600, 2: 0, 3: 0, 4: 460, 5: 50, 6: 0, 7: 10000, 8: 0, 9: 0}
-TELEMETRY = ["pad_temp", "drive", "status", "elapsed", "remaining", "fault_code"]
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +51,22 @@ def hc_map() -> ModbusMap:
 
 
 class Rig:
-    def __init__(self, peer: PtyPeer, slave: Slave, engine: ModbusEngine) -> None:
-        self.peer, self.slave, self.engine = peer, slave, engine
+    """An engine, the slave it talks to, and the port between them (in memory or a pty)."""
+
+    def __init__(self, port: ScriptedPort | PtyPeer, slave: Slave, engine: ModbusEngine) -> None:
+        self.port, self.slave, self.engine = port, slave, engine
 
 
-def make_rig(pmap: ModbusMap, slave: Slave, retries: int = RETRIES,
-             timeout: float = REPLY_TIMEOUT_S) -> Iterator[Rig]:
+@contextmanager
+def memory_rig(pmap: ModbusMap, slave: Slave, retries: int = RETRIES,
+               timeout: float = REPLY_TIMEOUT_S, max_writes: int = MAX_WRITES) -> Iterator[Rig]:
+    with ScriptedPort(slave, max_writes) as port:
+        yield Rig(port, slave, ModbusEngine(port, pmap, timeout, retries))
+
+
+@contextmanager
+def pty_rig(pmap: ModbusMap, slave: Slave, retries: int = RETRIES,
+            timeout: float = REPLY_TIMEOUT_S) -> Iterator[Rig]:
     with pty_peer(slave) as peer:
         engine = ModbusEngine(SerialTransport(peer.port, SETTINGS), pmap, timeout, retries)
         try:
@@ -167,15 +77,33 @@ def make_rig(pmap: ModbusMap, slave: Slave, retries: int = RETRIES,
 
 @pytest.fixture
 def hc(hc_map: ModbusMap) -> Iterator[Rig]:
-    yield from make_rig(hc_map, Slave(1, HC_INPUTS, HC_HOLDINGS))
+    with memory_rig(hc_map, Slave(1, HC_INPUTS, HC_HOLDINGS)) as rig:
+        yield rig
+
+
+@pytest.fixture
+def hc_pty(hc_map: ModbusMap) -> Iterator[Rig]:
+    """For the tests about real time: replies that come late or not at all."""
+    with pty_rig(hc_map, Slave(1, HC_INPUTS, HC_HOLDINGS)) as rig:
+        yield rig
+
+
+def hc_engine(hc_map: ModbusMap) -> Callable[[Transport], ModbusEngine]:
+    """An engine factory for expected_protocol."""
+    return lambda port: ModbusEngine(port, hc_map, REPLY_TIMEOUT_S, RETRIES)
 
 
 # --- reads --------------------------------------------------------------------
 
 
-def test_telemetry_read_is_one_exact_request(hc: Rig, hc_map: ModbusMap) -> None:
-    values = hc.engine.read(TELEMETRY)
-    assert hc.slave.requests == [bytes.fromhex("01 04 00 00 00 06 70 08")]
+def test_telemetry_read_is_one_exact_request(hc_map: ModbusMap) -> None:
+    # 0x04 from register 0, 6 registers; the reply carries 37.2 degC, drive -25 %, status
+    # output enabled + pad connected, 120 s, 480 s, fault 0. CRCs low byte first.
+    with expected_protocol(hc_engine(hc_map), [
+        (bytes.fromhex("01 04 00 00 00 06 70 08"),
+         bytes.fromhex("01 04 0C 01 74 FF E7 00 03 00 78 01 E0 00 00 9E 82")),
+    ]) as engine:
+        values = engine.read(TELEMETRY)
     assert values["pad_temp"] == 37.2
     assert values["drive"] == -25  # int16
     assert values["status"] == 3
@@ -230,7 +158,7 @@ def test_reads_split_at_the_per_request_limit() -> None:
         "holding_registers": {},
     })
     slave = Slave(3, {0x200 + i: i * 11 for i in range(40)}, {})
-    for rig in make_rig(pmap, slave):
+    with memory_rig(pmap, slave) as rig:
         values = rig.engine.read([f"r{i:02d}" for i in range(40)])
         assert slave.requests == [adu("03 04 02 00 00 10"), adu("03 04 02 10 00 10"),
                                   adu("03 04 02 20 00 08")]
@@ -242,28 +170,49 @@ def test_read_refuses_unknown_names_and_arguments(hc: Rig) -> None:
         hc.engine.read(["pad_temp", "nonsense"])
     with pytest.raises(ValueRejected, match="no arguments"):
         hc.engine.read(["pad_temp"], {"value": 1})
-    assert hc.peer.received == b""
+    assert hc.port.received == b""
     assert hc.engine.read([]) == {}
 
 
 # --- writes -------------------------------------------------------------------
 
 
-def test_write_single(hc: Rig) -> None:
-    assert hc.engine.write("setpoint", {"value": 40.0}) == {}
-    assert hc.engine.write("cal_offset", {"value": -1.5}) == {}
-    assert hc.engine.write("cal_mode", {"value": 0xCA1B}) == {}
-    assert hc.slave.requests == [bytes.fromhex("01 06 00 00 01 90 88 36"),
-                                 bytes.fromhex("01 06 00 06 FF 6A A8 14"),
-                                 adu("01 06 00 08 CA 1B")]
+def test_write_single(hc_map: ModbusMap) -> None:
+    # 0x06 replies echo the request. setpoint 40.0 -> 400 = 0x0190; cal_offset -1.5 ->
+    # -150 = 0xFF6A; cal_mode 0xCA1B. Then the two holdings read back with 0x03.
+    with expected_protocol(hc_engine(hc_map), [
+        (bytes.fromhex("01 06 00 00 01 90 88 36"), bytes.fromhex("01 06 00 00 01 90 88 36")),
+        (bytes.fromhex("01 06 00 06 FF 6A A8 14"), bytes.fromhex("01 06 00 06 FF 6A A8 14")),
+        (bytes.fromhex("01 06 00 08 CA 1B 1E A3"), bytes.fromhex("01 06 00 08 CA 1B 1E A3")),
+        (bytes.fromhex("01 03 00 00 00 01 84 0A"), bytes.fromhex("01 03 02 01 90 B9 B8")),
+        (bytes.fromhex("01 03 00 06 00 01 64 0B"), bytes.fromhex("01 03 02 FF 6A 79 9B")),
+    ]) as engine:
+        assert engine.write("setpoint", {"value": 40.0}) == {}
+        assert engine.write("cal_offset", {"value": -1.5}) == {}
+        assert engine.write("cal_mode", {"value": 0xCA1B}) == {}
+        assert engine.read(["setpoint", "cal_offset"]) == {"setpoint": 40.0, "cal_offset": -1.5}
+
+
+def test_write_single_reaches_the_slaves_registers(hc: Rig) -> None:
+    hc.engine.write("setpoint", {"value": 40.0})
+    hc.engine.write("cal_offset", {"value": -1.5})
+    hc.engine.write("cal_mode", {"value": 0xCA1B})
     assert (hc.slave.holdings[0], hc.slave.holdings[6], hc.slave.holdings[8]) == (
         400, 0xFF6A, 0xCA1B)
-    assert hc.engine.read(["setpoint", "cal_offset"]) == {"setpoint": 40.0, "cal_offset": -1.5}
 
 
-def test_write_many_is_one_request(hc: Rig) -> None:
+def test_write_many_is_one_request(hc_map: ModbusMap) -> None:
+    # 0x10 from register 1, 3 registers, 6 bytes: run_time 605, output_enable 0, watchdog 2;
+    # the reply echoes address and count.
+    with expected_protocol(hc_engine(hc_map), [
+        (bytes.fromhex("01 10 00 01 00 03 06 02 5D 00 00 00 02 DA AB"),
+         bytes.fromhex("01 10 00 01 00 03 D1 C8")),
+    ]) as engine:
+        engine.write_many({"watchdog": 2, "run_time": 605, "output_enable": 0})
+
+
+def test_write_many_reaches_the_slaves_registers(hc: Rig) -> None:
     hc.engine.write_many({"watchdog": 2, "run_time": 605, "output_enable": 0})
-    assert hc.slave.requests == [bytes.fromhex("01 10 00 01 00 03 06 02 5D 00 00 00 02 DA AB")]
     assert [hc.slave.holdings[a] for a in (1, 2, 3)] == [605, 0, 2]
 
 
@@ -278,7 +227,7 @@ def test_write_many_is_one_request(hc: Rig) -> None:
 def test_refused_writes_send_nothing(hc: Rig, entry: str, value: float, match: str) -> None:
     with pytest.raises(ValueRejected, match=match):
         hc.engine.write(entry, {"value": value})
-    assert hc.peer.received == b""
+    assert hc.port.received == b""
 
 
 def test_refused_write_many_sends_nothing(hc: Rig) -> None:
@@ -290,7 +239,7 @@ def test_refused_write_many_sends_nothing(hc: Rig) -> None:
         hc.engine.write_many({})
     with pytest.raises(ValueRejected, match="exactly 'value'"):
         hc.engine.write("setpoint", {"value": 40.0, "extra": 1})
-    assert hc.peer.received == b""
+    assert hc.port.received == b""
     assert hc.slave.holdings == HC_HOLDINGS
 
 
@@ -316,7 +265,7 @@ def test_read_of_a_register_the_device_lacks(hc_map: ModbusMap) -> None:
     data = hc_map.model_dump()
     data["input_registers"]["spare"] = {"address": 10, "type": "uint16"}
     pmap = ModbusMap.model_validate(data)
-    for rig in make_rig(pmap, Slave(1, HC_INPUTS, HC_HOLDINGS)):
+    with memory_rig(pmap, Slave(1, HC_INPUTS, HC_HOLDINGS)) as rig:
         with pytest.raises(DeviceRefused) as info:
             rig.engine.read(["model", "spare"])
         assert (info.value.entry, info.value.code, info.value.text) == (
@@ -341,16 +290,16 @@ def test_corrupt_every_time_raises_corrupt_reply(hc: Rig) -> None:
     assert len(hc.slave.requests) == 3
 
 
-def test_silence_is_link_timeout_after_retries_in_bounded_time(hc: Rig) -> None:
-    hc.slave.silent = True
+def test_silence_is_link_timeout_after_retries_in_bounded_time(hc_pty: Rig) -> None:
+    hc_pty.slave.silent = True
     start = time.monotonic()
     with pytest.raises(LinkTimeout, match="no reply"):
-        hc.engine.read(TELEMETRY)
+        hc_pty.engine.read(TELEMETRY)
     elapsed = time.monotonic() - start
-    assert len(hc.slave.requests) == 1 + RETRIES
+    assert len(hc_pty.slave.requests) == 1 + RETRIES
     assert (1 + RETRIES) * REPLY_TIMEOUT_S <= elapsed < (1 + RETRIES) * REPLY_TIMEOUT_S + 0.5
-    hc.slave.silent = False
-    assert hc.engine.read(["pad_temp"]) == {"pad_temp": 37.2}  # the link recovers
+    hc_pty.slave.silent = False
+    assert hc_pty.engine.read(["pad_temp"]) == {"pad_temp": 37.2}  # the link recovers
 
 
 def test_reply_from_another_unit_is_a_violation(hc: Rig) -> None:
@@ -360,18 +309,18 @@ def test_reply_from_another_unit_is_a_violation(hc: Rig) -> None:
     assert len(hc.slave.requests) == 1 + RETRIES
 
 
-def test_late_reply_is_not_taken_for_the_next_one(hc: Rig) -> None:
-    hc.slave.late_next = REPLY_TIMEOUT_S * 1.5
-    assert hc.engine.read(["pad_temp"]) == {"pad_temp": 37.2}
+def test_late_reply_is_not_taken_for_the_next_one(hc_pty: Rig) -> None:
+    hc_pty.slave.late_next = REPLY_TIMEOUT_S * 1.5
+    assert hc_pty.engine.read(["pad_temp"]) == {"pad_temp": 37.2}
     time.sleep(0.05)  # the duplicate reply to the retried request is now waiting
-    hc.slave.inputs[0] = 400
-    assert hc.engine.read(["pad_temp"]) == {"pad_temp": 40.0}
+    hc_pty.slave.inputs[0] = 400
+    assert hc_pty.engine.read(["pad_temp"]) == {"pad_temp": 40.0}
 
 
 def test_peer_gone_is_link_lost_at_once(hc_map: ModbusMap) -> None:
     # A long reply timeout: a retried or waited-out failure would take seconds.
-    for rig in make_rig(hc_map, Slave(1, HC_INPUTS, HC_HOLDINGS), timeout=1.0):
-        rig.peer.close()
+    with pty_rig(hc_map, Slave(1, HC_INPUTS, HC_HOLDINGS), timeout=1.0) as rig:
+        rig.port.close()
         start = time.monotonic()
         with pytest.raises(LinkLost):
             rig.engine.read(["pad_temp"])
@@ -395,9 +344,12 @@ def test_silence_with_the_profiles_link_settings_is_link_timeout(hc_map: ModbusM
             engine.close()
 
 
-def test_every_exchange_is_logged_at_debug(hc: Rig, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="protocols.modbus"):
-        hc.engine.read(["pad_temp"])
+def test_every_exchange_is_logged_at_debug(hc_map: ModbusMap,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    with expected_protocol(hc_engine(hc_map), [
+        (bytes.fromhex("01 04 00 00 00 01 31 CA"), bytes.fromhex("01 04 02 01 74 B8 87")),
+    ]) as engine, caplog.at_level(logging.DEBUG, logger="protocols.modbus"):
+        engine.read(["pad_temp"])
     assert "01 04 00 00 00 01 31 ca -> 01 04 02 01 74 b8 87 in " in caplog.text
 
 
@@ -425,7 +377,7 @@ def test_invented_device_is_driven_byte_for_byte(tmp_path: Path) -> None:
     pmap = ModbusMap.model_validate(yaml.safe_load(path.read_text()))
     slave = Slave(7, {0x20: (-125) & 0xFFFF, 0x21: 123, 0x22: 0x8008},
                   {0x100: 2500, 0x101: 0, 0x102: 0})
-    for rig in make_rig(pmap, slave):
+    with memory_rig(pmap, slave) as rig:
         values = rig.engine.read(["flags", "flow", "bath_temp", "target"])
         assert slave.requests == [adu("07 04 00 20 00 02"), adu("07 04 00 22 00 01"),
                                   adu("07 03 01 00 00 01")]
@@ -455,7 +407,7 @@ def test_engine_decodes_as_the_codec_does() -> None:
     regs = pmap.input_registers | pmap.holding_registers
     rng = random.Random(20261128)
     slave = Slave(7, {}, {})
-    for rig in make_rig(pmap, slave):
+    with memory_rig(pmap, slave, max_writes=200 * 4) as rig:
         for _ in range(200):
             for name, reg in regs.items():
                 table = slave.inputs if name in pmap.input_registers else slave.holdings

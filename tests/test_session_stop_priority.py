@@ -10,8 +10,6 @@ queue the stops shared, and Ctrl-C reached the device 7.5 s late 45 s into a ses
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,7 +22,8 @@ from controller.session.mailbox import StopMailbox, StopRequest
 from controller.session.worker import POLL_GUARD_S, Session
 from protocols.errors import Interrupted
 from protocols.map_common import Scalar
-from tests.test_session_unit import FakeClock, FakeLink, thermal, ultrasound_with_gap
+from tests.support.clock import Timeline
+from tests.test_session_unit import FakeLink, thermal, ultrasound_with_gap
 
 # Slowest replies the manuals allow, a little inside them.
 SLOW_REPLY_S = {"hc-200": 0.019, "us-300": 0.045, "es-4": 0.019}
@@ -42,29 +41,6 @@ SCRIPTS: dict[str, Any] = {"hc-200": thermal, "us-300": ultrasound_with_gap((1e9
                            "es-4": tens}
 
 
-class Timeline(FakeClock):
-    """A fake monotonic clock with things scheduled on it (wake-ups, a stop request)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._due: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()
-
-    def at(self, when: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._due, (when, next(self._order), action))
-
-    def advance(self, seconds: float, until_event: bool = False) -> None:
-        """Move time on, running what falls due; stop early at the first one if asked."""
-        end = self.now + seconds
-        while self._due and self._due[0][0] <= end:
-            when, _, action = heapq.heappop(self._due)
-            self.now = max(self.now, when)
-            action()
-            if until_event:
-                return
-        self.now = end
-
-
 class SlowLink(FakeLink):
     """Telemetry is `exchanges` request/reply pairs of `reply_s` each; the interrupt check
     runs before every exchange but the first, as the engines and DeviceLink do."""
@@ -76,14 +52,14 @@ class SlowLink(FakeLink):
 
     def run(self, op: str, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
         # Logged (by FakeLink) when the reply is in.
-        self.clock.advance(self.reply_s)                     # type: ignore[attr-defined]
+        self.clock.advance(self.reply_s)
         return super().run(op, variables)
 
     def telemetry(self, variables: Mapping[str, Scalar]) -> dict[str, Scalar]:
         for i in range(self.exchanges):
             if i and self.interrupt is not None and self.interrupt():
                 raise Interrupted("pre-empted")
-            self.clock.advance(self.reply_s)                 # type: ignore[attr-defined]
+            self.clock.advance(self.reply_s)
         return super().telemetry(variables)
 
 

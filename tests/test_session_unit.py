@@ -20,6 +20,7 @@ from controller.session.worker import POLL_GUARD_S, Session, poll_guard_s
 from protocols.engine import EventHandler
 from protocols.errors import LinkTimeout
 from protocols.map_common import Scalar
+from tests.support.clock import FakeClock
 
 
 def identify_results(profile: Profile) -> dict[str, Scalar]:
@@ -33,14 +34,6 @@ def identify_results(profile: Profile) -> dict[str, Scalar]:
             for k in ([key] if isinstance(key, str) else key):
                 out.setdefault(k, 7)
     return out
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeLink:
@@ -151,7 +144,7 @@ def ultrasound_with_gap(gap: tuple[float, float]) -> Any:
 def make(pid: str, settings: dict[str, str], duration: float, script: Any,
          fail_after: float | None = None) -> tuple[ClockedSession, FakeLink, FakeClock]:
     profile = resolve_profile(pid).profile
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     link = FakeLink(profile, clock, script, fail_after)
     rx = build_prescription(profile, settings, duration)
     session = ClockedSession(profile, rx, "fake", clock=clock,

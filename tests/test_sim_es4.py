@@ -26,6 +26,8 @@ from simulator.framed_device import FramedEndpoint
 from simulator.model_base import RefusalKind, Refused
 from simulator.server import SimulatedDevice
 from simulator.tens_model import TensModel
+from tests.support.clock import FakeClock
+from tests.support.crc import crc16_ccitt_false as crc_bitwise
 
 ES4 = resolve_profile("es-4").profile
 SYNC = 0xA5
@@ -43,17 +45,6 @@ PORT_TIMEOUT_S = 1.0
 
 
 # -- frames, by the spec ---------------------------------------------------------------
-def crc_bitwise(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE one bit at a time: poly 0x1021, init 0xFFFF, no reflection."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
 def frame(seq: int, cmd: int, payload: bytes = b"", sync: int = SYNC) -> bytes:
     body = bytes([2 + len(payload), seq, cmd]) + payload
     return bytes([sync]) + body + crc_bitwise(body).to_bytes(2, "big")
@@ -130,26 +121,18 @@ def parse_status(reply: Frame) -> Status:
 
 
 # -- an endpoint on a fake clock ----------------------------------------------------------
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 class Bench:
     """One ES-4 (model + endpoint, no pty) on a fake clock, driven by raw frames."""
 
     def __init__(self, profile: Profile = ES4, **faults: Any) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock(100.0)
         self.model = TensModel(profile=profile, faults=FaultPlan(**faults), clock=self.clock)
         self.endpoint = FramedEndpoint(profile, self.model, Binding.of(profile))
         self.seq = 0
         self.events: list[Frame] = []
 
     def feed(self, data: bytes) -> list[Frame]:
-        out = self.endpoint.receive(data, self.clock.t)
+        out = self.endpoint.receive(data, self.clock.now)
         frames = [f for chunk in out for f in self._one(chunk)]
         self.events += [f for f in frames if f.seq == 0]
         return frames
@@ -180,8 +163,8 @@ class Bench:
         return parse_status(self.ok(GET_STATUS))
 
     def advance(self, dt: float) -> list[Frame]:
-        self.clock.t += dt
-        frames = [f for chunk in self.endpoint.tick(self.clock.t) for f in self._one(chunk)]
+        self.clock.now += dt
+        frames = [f for chunk in self.endpoint.tick(self.clock.now) for f in self._one(chunk)]
         self.events += frames
         return frames
 
@@ -300,10 +283,10 @@ def test_same_seq_is_answered_from_memory_not_executed_again() -> None:
     bench = Bench()
     bench.ready(0)
     first = frame(40, START, start(1))
-    reply = bench.endpoint.receive(first, bench.clock.t)
+    reply = bench.endpoint.receive(first, bench.clock.now)
     assert parse_stream(reply[0])[0].payload == bytes([OK])
     executed = bench.endpoint.executed
-    again = bench.endpoint.receive(first, bench.clock.t)
+    again = bench.endpoint.receive(first, bench.clock.now)
     assert again == reply
     assert bench.endpoint.executed == executed
     assert [c.cause for c in bench.model.history] == ["start"]
@@ -354,7 +337,7 @@ def test_frames_split_into_single_bytes_are_reassembled() -> None:
 def test_a_stale_partial_frame_cannot_swallow_the_retry() -> None:
     bench = Bench()
     assert bench.feed(bytes([SYNC, 200]) + frame(7, PING)) == []
-    bench.clock.t += 0.1      # the host's reply timeout, then it sends again
+    bench.clock.now += 0.1      # the host's reply timeout, then it sends again
     assert [f.seq for f in bench.feed(frame(7, PING))] == [7]
 
 
@@ -412,7 +395,7 @@ def test_start_refused_with_leads_off_then_with_estop() -> None:
 def test_start_ramps_up_linearly_and_counts_duration_from_start() -> None:
     bench = Bench()
     bench.ready(0, raw_amplitude=200)
-    t0 = bench.clock.t
+    t0 = bench.clock.now
     bench.ok(START, start(1, duration_s=60, ramp_s=4))
     assert bench.status().channels[0][:2] == (RAMPING_UP, 0)
     bench.advance(1.0)
@@ -449,7 +432,7 @@ def test_stop_ramps_down_and_records_when_output_reaches_zero() -> None:
     bench.ready(0, raw_amplitude=200)
     bench.ok(START, start(1))
     bench.advance(5.0)
-    t_stop = bench.clock.t
+    t_stop = bench.clock.now
     bench.ok(STOP, stop(1, ramp_ms=1000))
     bench.advance(0.5)
     assert bench.status().channels[0][:2] == (RAMPING_DOWN, 100)
@@ -473,7 +456,7 @@ def test_stop_on_a_channel_not_running_is_ok_and_changes_nothing() -> None:
     assert len(bench.model.history) == 1
     bench.ok(STOP, stop(1))                 # ramp 0: at once
     assert bench.status().state(0) == IDLE
-    assert bench.model.history[-1].t == bench.clock.t
+    assert bench.model.history[-1].t == bench.clock.now
 
 
 def test_estop_stops_both_at_once_latches_and_is_never_refused() -> None:
@@ -488,7 +471,7 @@ def test_estop_stops_both_at_once_latches_and_is_never_refused() -> None:
     assert [status.state(c) for c in (0, 1)] == [IDLE, IDLE]
     stops = [c for c in bench.model.history if not c.on]
     assert {(c.cause, c.channel, c.t) for c in stops} == {
-        ("emergency_stop", 0, bench.clock.t), ("emergency_stop", 1, bench.clock.t)}
+        ("emergency_stop", 0, bench.clock.now), ("emergency_stop", 1, bench.clock.now)}
     assert bench.request(START, start(1)).status == INTERLOCK
     bench.ok(ESTOP)                                  # idle and latched: still OK
     bench.ok(SERVICE, struct.pack("<I", SERVICE_KEY))
@@ -570,8 +553,8 @@ def test_events_due_before_a_request_go_out_as_frames_before_its_reply() -> None
     bench = Bench()
     bench.ready(0)
     bench.ok(START, start(1, duration_s=1))
-    bench.clock.t += 1.5
-    out = bench.endpoint.receive(frame(77, GET_STATUS), bench.clock.t)
+    bench.clock.now += 1.5
+    out = bench.endpoint.receive(frame(77, GET_STATUS), bench.clock.now)
     assert out[0] == event_frame(EV_COMPLETE, 0, 0)
     assert [f.seq for f in parse_stream(out[1])] == [77]
 
@@ -689,7 +672,7 @@ def test_port_resyncs_after_line_noise(sim_device: Callable[..., SimulatedDevice
 
 
 def test_event_frames_never_land_inside_a_reply(open_port: Callable[..., Port]) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     with SimulatedDevice(ES4, FaultPlan(lead_off_at=0.5), clock=clock) as device:
         host = open_port(device.port, timeout=0.2)
         seq = 0
@@ -707,7 +690,7 @@ def test_event_frames_never_land_inside_a_reply(open_port: Callable[..., Port]) 
                 burst += frame(seq, GET_STATUS)
             host.ser.write(burst)
             sent += 5
-            clock.t += 0.1
+            clock.now += 0.1
             time.sleep(0.005)
             stream += host.ser.read(host.ser.in_waiting)
         deadline = time.monotonic() + 2.0

@@ -25,6 +25,7 @@ from simulator.modbus_device import ModbusEndpoint
 from simulator.server import SimulatedDevice, build_endpoint, build_model
 from simulator.thermal_model import ThermalModel
 from tests.conftest import SimFactory
+from tests.support.crc import crc16_modbus as crc16
 
 UNIT = 1
 MODEL_CODE = 0x4843
@@ -41,15 +42,6 @@ BIT_OUTPUT, BIT_PAD, BIT_OVER, BIT_UNDER, BIT_SENSOR, BIT_WATCHDOG, BIT_TIMER, B
 
 
 # -- an independent Modbus RTU host --------------------------------------------------------------
-def crc16(data: bytes) -> int:
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
 def adu(unit: int, pdu: bytes) -> bytes:
     body = bytes([unit]) + pdu
     crc = crc16(body)

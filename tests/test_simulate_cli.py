@@ -28,6 +28,8 @@ import pytest
 import serial
 from pymodbus.client import ModbusSerialClient
 
+from tests.support.crc import crc16_ccitt_false, crc16_modbus
+
 # Deadlines are generous for loaded CI machines; unloaded, a simulator is ready in
 # about 1 s and exits 0.2 s after the signal, and the whole file takes under 10 s.
 STARTUP_S = 15.0      # until the first stdout line
@@ -40,26 +42,6 @@ HC200_MODEL = 0x4843
 
 
 # -- independent checks, from the specs' definitions --------------------------------
-def crc16_modbus(data: bytes) -> int:
-    """CRC-16/MODBUS one bit at a time: reflected poly 0xA001, init 0xFFFF."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
-def crc16_ccitt_false(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE one bit at a time: poly 0x1021, init 0xFFFF, no reflection."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
-
-
 def xor_checksum(data: bytes) -> int:
     value = 0
     for byte in data:
