@@ -35,6 +35,7 @@ from common import Canary, LoadMeter, LogCounter, emit, models_for, summary, vm_
 from runner import attribute, make_session, records, start_staggered
 from simfarm import Farm, first_run, make_farm
 
+from controller.session.report import Snapshot
 from controller.session.worker import Session
 
 STOP_TARGET_MS = 20.0
@@ -49,7 +50,7 @@ class _PollLog:
     def __init__(self) -> None:
         self.times: list[float] = []
 
-    def __call__(self, snapshot: dict[str, Any]) -> None:
+    def __call__(self, snapshot: Snapshot) -> None:
         self.times.append(time.monotonic())
 
 

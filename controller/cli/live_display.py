@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TextIO
+
+from controller.session.report import Snapshot
 
 # The measured quantity shown per modality: (telemetry name, label, unit).
 MAIN_QUANTITY = {
@@ -22,13 +24,13 @@ class LiveDisplay:
         self.stream = stream
         self._width = 0
 
-    def show(self, snap: dict[str, Any]) -> None:
+    def show(self, snap: Snapshot) -> None:
         name, what, unit = MAIN_QUANTITY[self.modality]
-        value = snap.get("telemetry", {}).get(name)
+        value = snap["telemetry"].get(name)
         dose_key, dose_unit = DOSE_FIGURE[self.modality]
-        dose = snap.get("dose", {}).get(dose_key)
-        remaining = snap.get("remaining_s")
-        parts = [f"{self.label} {snap.get('state', ''):<10}"]
+        dose = snap["dose"].get(dose_key)
+        remaining = snap["remaining_s"]
+        parts = [f"{self.label} {snap['state']:<10}"]
         parts.append(f"remaining {remaining:6.1f} s" if remaining is not None else
                      "remaining    -  ")
         parts.append(f"{what} {value:.2f} {unit}" if isinstance(value, (int, float))

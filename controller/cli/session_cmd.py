@@ -8,7 +8,6 @@ import signal
 import sys
 from contextlib import suppress
 from types import FrameType
-from typing import Any
 
 from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error, patient_option
 from controller.cli.live_display import LiveDisplay
@@ -25,7 +24,7 @@ from controller.modality.prescription import (
 from controller.profiles.loader import ProfileError, resolve_profile
 from controller.profiles.model import Profile
 from controller.records.store import RecordsError, RecordStore, default_db_path
-from controller.session.report import SessionReport
+from controller.session.report import SessionReport, Snapshot
 from controller.session.service import ClinicRules, SessionStarter, StepRunner
 
 # How often the terminal display refreshes.
@@ -188,7 +187,7 @@ def terminal_runner(starter: SessionStarter, live: bool) -> StepRunner:
     return run
 
 
-def _show(display: LiveDisplay, snapshot: dict[str, Any]) -> bool:
+def _show(display: LiveDisplay, snapshot: Snapshot) -> bool:
     """False when the display can no longer be written (the session goes on without it)."""
     try:
         display.show(snapshot)

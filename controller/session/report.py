@@ -5,12 +5,27 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from controller.session.exit_codes import EXIT_FAULT, EXIT_OK, EXIT_REJECTED, EXIT_STOPPED
+from protocols.map_common import Scalar
 
 EXIT_BY_OUTCOME = {"completed": EXIT_OK, "rejected": EXIT_REJECTED, "aborted": EXIT_STOPPED,
                    "fault": EXIT_FAULT}
+
+
+# What records and reports hold: plain JSON values.
+Json = str | int | float | bool | None | list["Json"] | dict[str, "Json"]
+
+
+class Snapshot(TypedDict):
+    """A running session as a display or the clinic service shows it."""
+
+    state: str
+    remaining_s: float | None
+    delivered_s: float
+    telemetry: dict[str, Scalar]
+    dose: dict[str, float]
 
 
 @dataclass
@@ -19,7 +34,7 @@ class TimelineEvent:
     """Seconds since the session began (monotonic)."""
     kind: str
     """state | command | reply | decision | fault | note"""
-    detail: dict[str, Any]
+    detail: dict[str, Json]
 
 
 @dataclass
@@ -56,12 +71,12 @@ class SessionReport:
         return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
 
 
-def plain(values: Mapping[str, object]) -> dict[str, Any]:
+def plain(values: Mapping[str, object]) -> dict[str, Json]:
     """JSON-safe copy for records and reports: nested mappings and lists kept."""
     return {str(k): _plain_value(v) for k, v in values.items()}
 
 
-def _plain_value(value: object) -> Any:
+def _plain_value(value: object) -> Json:
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     if isinstance(value, Mapping):

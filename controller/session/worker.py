@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from controller.device.link import DeviceLink, identify
 from controller.modality.prescription import Prescription, PrescriptionRejected, apply_device_facts
@@ -26,7 +25,7 @@ from controller.records.store import RecordsError, RecordStore
 from controller.session import backstops, checks, gc_policy
 from controller.session.machine import ACTIVE_OUTPUT, SessionState, build_machine
 from controller.session.mailbox import StopMailbox, StopRequest
-from controller.session.report import SessionReport, TimelineEvent, plain
+from controller.session.report import SessionReport, Snapshot, TimelineEvent, plain
 from controller.session.stopping import command_stop, confirm_stopped
 from controller.session.timing import (
     CONFIRM_POLL_S,
@@ -50,7 +49,7 @@ __all__ = ["CONTROLLED_RAMP_DOWN_S", "POLL_GUARD_S", "IdentityGate", "LinkFactor
 
 Clock = Callable[[], float]
 LinkFactory = Callable[[Profile, str], DeviceLink]
-UpdateHook = Callable[[dict[str, Any]], None]
+UpdateHook = Callable[[Snapshot], None]
 # Called with the device's identity ({"model", "serial", "firmware"}) once it has
 # identified; returns a reason to refuse the session (e.g. the calibration gate for the
 # registered device that reports this identity), or None.
@@ -624,11 +623,11 @@ class Session:
             return max(0.0, end - self.t_start)
         return self.meter.delivered_s(self.t_start, end)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         now = self.clock()
-        return {"state": self.state.state, "remaining_s": self.time_remaining(),
-                "delivered_s": self._delivered(now), "telemetry": dict(self.last_telemetry),
-                "dose": self.meter.figures() if self.meter else {}}
+        return Snapshot(state=str(self.state.state), remaining_s=self.time_remaining(),
+                        delivered_s=self._delivered(now), telemetry=dict(self.last_telemetry),
+                        dose=self.meter.figures() if self.meter else {})
 
     def _records_failure(self, exc: RecordsError) -> None:
         """Any records write failed, in any thread (the periodic flush included): nothing
@@ -641,9 +640,9 @@ class Session:
     def _state_changed(self) -> None:
         self._event("state", {"state": self.state.state})
 
-    def _event(self, kind: str, detail: dict[str, Any]) -> None:
+    def _event(self, kind: str, detail: Mapping[str, object]) -> None:
         t = self.clock() - self.t0
-        self.events.append(TimelineEvent(round(t, 4), kind, detail))
+        self.events.append(TimelineEvent(round(t, 4), kind, plain(detail)))
         if self.store is not None and self.session_id:
             try:
                 self.store.add_event(self.session_id, kind, plain(detail), t_s=t,
