@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from controller.records import integrity, telemetry
 from controller.records import store as records
 from controller.records.store import (
     GENESIS_HASH,
@@ -109,10 +110,10 @@ def test_samples_are_batched_then_flushed(store: RecordStore, db: Path,
     store.add_sample(sid, {"pad_c": 39.6})
     store.flush()
     assert count() == 2
-    monkeypatch.setattr(records, "SAMPLE_FLUSH_S", 0.0)  # every call is now due
+    monkeypatch.setattr(telemetry, "SAMPLE_FLUSH_S", 0.0)  # every call is now due
     store.add_sample(sid, {"pad_c": 39.7})
     assert count() == 3
-    monkeypatch.setattr(records, "SAMPLE_FLUSH_S", 60.0)
+    monkeypatch.setattr(telemetry, "SAMPLE_FLUSH_S", 60.0)
     store.add_sample(sid, {"pad_c": 39.8})
     store.close_session(sid, "completed", "planned end", "timer", 600.0, {"cem43": 0.2})
     assert count() == 4
@@ -203,7 +204,7 @@ def test_edit_with_recomputed_hash_breaks_the_next_link(
         store: RecordStore, chained: sqlite3.Connection) -> None:
     r = chained.execute("SELECT id, at, actor, action, subject, prev_hash FROM audit"
                         " WHERE id = 2").fetchone()
-    forged = records._audit_hash(r[5], r[0], r[1], "mallory", r[3], r[4], "{}")
+    forged = integrity.audit_hash(r[5], r[0], r[1], "mallory", r[3], r[4], "{}")
     chained.execute("UPDATE audit SET actor = 'mallory', detail = '{}', hash = ? WHERE id = 2",
                     (forged,))
     result = store.verify_audit()

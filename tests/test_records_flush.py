@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.records import store as records
+from controller.records import telemetry
 from controller.records.store import RecordsError, RecordStore
 
 # Big enough that every sample needs a new database page (4 KiB): a full disk refuses it.
@@ -34,7 +34,7 @@ def disk_free(conn: sqlite3.Connection) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordStore]:
-    monkeypatch.setattr(records, "SAMPLE_FLUSH_S", 3600.0)  # flush only when told to
+    monkeypatch.setattr(telemetry, "SAMPLE_FLUSH_S", 3600.0)  # flush only when told to
     with RecordStore(tmp_path / "records.sqlite3") as s:
         yield s
 
@@ -88,8 +88,8 @@ def test_samples_taken_by_a_failed_event_or_close_are_kept(store: RecordStore) -
 
 def test_the_buffer_is_bounded_and_says_so_when_full(store: RecordStore,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(records, "SAMPLE_BUFFER_MAX", 6)
-    monkeypatch.setattr(records, "SAMPLE_BATCH_MAX", 3)
+    monkeypatch.setattr(telemetry, "SAMPLE_BUFFER_MAX", 6)
+    monkeypatch.setattr(telemetry, "SAMPLE_BATCH_MAX", 3)
     heard: list[RecordsError] = []
     store.add_failure_listener(heard.append)
     sid = open_one(store)
@@ -114,7 +114,7 @@ def test_listeners_hear_a_failure_in_another_thread(store: RecordStore,
     heard: list[tuple[str, RecordsError]] = []
 
     def listener(error: RecordsError) -> None:
-        assert not store._wlock.locked()  # called outside the write lock
+        assert not store._db._wlock.locked()  # called outside the write lock
         heard.append((threading.current_thread().name, error))
 
     def broken(error: RecordsError) -> None:
@@ -129,7 +129,7 @@ def test_listeners_hear_a_failure_in_another_thread(store: RecordStore,
         store.flush_quietly()  # told the listeners; raises nothing
 
     job = threading.Thread(target=flush_job, name="flush-job")
-    with caplog.at_level(logging.ERROR, logger="controller.records.store"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.database"):
         job.start()
         job.join(10)
     assert [(name, "disk is full" in str(e)) for name, e in heard] == [("flush-job", True)]
@@ -183,10 +183,10 @@ scheduler = make_scheduler()
 every(scheduler, 0.05, getattr(store, sys.argv[2]), "records flush")
 scheduler.start()
 for n in range(8):
-    store._samples.append((sid, float(n), '{"blob": "%s"}' % ("x" * 5000), None, None))
+    store._samples.pending.append((sid, float(n), '{"blob": "%s"}' % ("x" * 5000), None, None))
     time.sleep(0.05)
 scheduler.shutdown(wait=True)
-print(len(heard), len(store._samples))
+print(len(heard), len(store._samples.pending))
 """
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from controller.cli import records_cmd
+from controller.records import integrity
 from controller.records import store as records
 from controller.records.integrity import GENESIS_HASH, audit_hash
 from controller.records.store import RecordStore
@@ -181,9 +182,9 @@ def rewrite_chain(conn: sqlite3.Connection) -> None:
             if ref["table"] == "sessions":
                 r = conn.execute("SELECT * FROM sessions WHERE id = ?", (ref["key"],))
                 names = [c[0] for c in r.description]
-                ref["sha256"] = __import__("hashlib").sha256(records._dumps(
+                ref["sha256"] = __import__("hashlib").sha256(integrity.dumps(
                     dict(zip(names, r.fetchone(), strict=True))).encode()).hexdigest()
-        detail = records._dumps(data)
+        detail = integrity.dumps(data)
         digest = audit_hash(prev, entry_id, at, actor, action, subject, detail)
         conn.execute("UPDATE audit SET detail = ?, prev_hash = ?, hash = ? WHERE id = ?",
                      (detail, prev, digest, entry_id))
