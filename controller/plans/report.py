@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from controller.session.exit_codes import EXIT_FAULT, EXIT_OK, EXIT_REJECTED, EXIT_STOPPED
 from controller.session.report import SessionReport
 
-if TYPE_CHECKING:   # plan.py re-exports this module's names, so no import of it at run time
-    from controller.plans.plan import PlanStep
+
+class _Profiled(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class PlannedStep(Protocol):
+    """What a report reads of a plan step (controller.plans.plan.PlanStep): a structural
+    type, so this module never imports the plan module that imports it."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def profile(self) -> _Profiled: ...
+    @property
+    def duration_s(self) -> float: ...
 
 EXIT_BY_PLAN_OUTCOME = {"completed": EXIT_OK, "rejected": EXIT_REJECTED,
                         "stopped": EXIT_STOPPED, "fault": EXIT_FAULT}
@@ -36,7 +54,7 @@ class StepResult:
     dose: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def planned(cls, step: PlanStep, port: str) -> StepResult:
+    def planned(cls, step: PlannedStep, port: str) -> StepResult:
         return cls(step.index, step.name, step.role, step.profile.id, port, step.duration_s)
 
     def take(self, session: SessionReport) -> None:

@@ -13,13 +13,13 @@ profile is refused unless its data proves:
   modality's ceilings (controller/modality/ceilings.py), and none a ceiling requires is missing.
 
 Every problem is one line starting with the field path, so yaml_source gives it
-the file's line number.
+the file's line number. The checks read a profile through `ProfileView`
+(controller/profiles/view.py), so this module never imports the model that runs them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from controller.modality.ceilings import Ceiling, ceilings_for
 from controller.modality.contract import (
@@ -33,12 +33,10 @@ from controller.modality.contract import (
     WATCHDOG_VARIABLE,
 )
 from controller.profiles.sections import Bound, Step
+from controller.profiles.view import ProfileView
 from protocols.map_common import Scalar
 from protocols.map_framed import FramedMap
 from protocols.map_scpi import ScpiMap
-
-if TYPE_CHECKING:
-    from controller.profiles.model import Profile
 
 # Operations whose entries are never an "off" command: what identifies, sets up,
 # starts, reads or services the device.
@@ -48,7 +46,7 @@ _NOT_OFF = ("identify", "configure", "arm", "start", "adjust", "read_telemetry",
 Target = tuple[str, str]   # (map entry, argument)
 
 
-def check_backstops(profile: Profile) -> list[str]:
+def check_backstops(profile: ProfileView) -> list[str]:
     ops = profile.operations.defined()
     out = _check_runtime_telemetry(profile)
     arm, start = ops.get(ARM_OPERATION), ops.get(START_OPERATION)
@@ -71,7 +69,7 @@ def check_backstops(profile: Profile) -> list[str]:
     return out
 
 
-def _check_runtime_telemetry(profile: Profile) -> list[str]:
+def _check_runtime_telemetry(profile: ProfileView) -> list[str]:
     needed = CONTRACTS[profile.modality].runtime_telemetry
     return [f"telemetry: '{name}' is required for modality {profile.modality}: the "
             "session reads it back after start to "
@@ -84,7 +82,7 @@ def _targets(steps: list[Step], variable: str) -> list[tuple[int, str, str]]:
             for arg, v in s.args.items() if v == f"${variable}"]
 
 
-def _check_armed(profile: Profile, ops: Mapping[str, list[Step]], variable: str,
+def _check_armed(profile: ProfileView, ops: Mapping[str, list[Step]], variable: str,
                  where: Mapping[str, list[Step]], missing: str) -> list[str]:
     found = [(op, i, entry, arg) for op, steps in where.items()
              for i, entry, arg in _targets(steps, variable)]
@@ -117,7 +115,7 @@ def _conflicts(ops: Mapping[str, list[Step]], target: Target, variable: str) -> 
     return out
 
 
-def _check_off(profile: Profile, ops: Mapping[str, list[Step]], op: str, steps: list[Step],
+def _check_off(profile: ProfileView, ops: Mapping[str, list[Step]], op: str, steps: list[Step],
                start: list[Step]) -> list[str]:
     pmap = profile.protocol
     settable = not isinstance(pmap, FramedMap)   # a framed command is never "set back"
@@ -173,7 +171,7 @@ def _is_off_command(pmap: object, entry: str, ops: Mapping[str, list[Step]]) -> 
 
 
 # -- clinical ceilings ---------------------------------------------------------------
-def check_ceilings(profile: Profile) -> list[str]:
+def check_ceilings(profile: ProfileView) -> list[str]:
     table = ceilings_for(profile.modality)
     lim, mod, out = profile.limits, profile.modality, []
     for name, c in table.limits.items():
@@ -215,7 +213,7 @@ def check_ceilings(profile: Profile) -> list[str]:
     return out
 
 
-def _check_allowed(profile: Profile, name: str, c: Ceiling) -> list[str]:
+def _check_allowed(profile: ProfileView, name: str, c: Ceiling) -> list[str]:
     param = profile.parameters.get(name)
     if param is None or c.allowed is None:
         return []   # the contract check reports a missing parameter

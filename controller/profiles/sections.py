@@ -1,7 +1,7 @@
 """Sections of a device profile, each validated on its own.
 
 Cross-section checks (operations against the map, limits against parameters)
-live in `controller.profiles.model`.
+live in `controller.profiles.cross_checks` and `controller.profiles.ranges`.
 """
 
 from __future__ import annotations
