@@ -140,3 +140,11 @@ def test_a_frozen_controller_records_what_the_device_delivered(
     assert report["host_delivered_s"] > truth + 1.5, seen      # what the old record said
     # The device counts whole seconds: its count is the truth to within one second.
     assert abs(report["delivered_s"] - truth) <= 1.05, seen
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_device_count_is_never_recorded(bad: float) -> None:
+    # NaN would fail every comparison in reconcile() and be recorded as delivered time.
+    from controller.session.backstops import device_elapsed
+    assert device_elapsed({"elapsed_s": bad}) is None
+    assert timer_problem({"remaining_s": bad}, 65.0, 0.9) is not None

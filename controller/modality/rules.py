@@ -8,7 +8,6 @@ to the pure modality modules (`modality_thermal`, `modality_ultrasound`,
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,13 +16,14 @@ from typing import Protocol
 from controller.modality import tens, thermal, ultrasound
 from controller.modality.ceilings import ceilings_for, effective_rule, tightest_max
 from controller.modality.limits import effective_interlocks
+from controller.modality.readings import finite
+from controller.modality.readings import number as _num
 from controller.profiles.model import Profile
 from controller.session.verdicts import (
     Outcome,
     ReportedFault,
     StopSource,
     Verdict,
-    as_number,
     class_verdict,
     mismatch,
 )
@@ -235,7 +235,7 @@ class UltrasoundRules(ModalityRules):
                                values.get("intensity_w_cm2"), tol["intensity_w_cm2"], "W/cm2")
             if problem:
                 return problem
-        power, era = as_number(t.get("power_w")), as_number(t.get("era_cm2"))
+        power, era = finite(t.get("power_w")), finite(t.get("era_cm2"))
         if "power_rel" in tol and t.get("state") == "running" and power is not None and era:
             expected = ultrasound.expected_power_w(
                 float(values["intensity_w_cm2"]), era, float(values["duty_pct"]))
@@ -290,7 +290,7 @@ class TensRules(ModalityRules):
                                              "patient stop)")
         if faults:
             return faults[0].verdict()
-        if as_number(t.get("remaining_s")) == 0:
+        if finite(t.get("remaining_s")) == 0:
             return class_verdict("timer", "")
         return None
 
@@ -376,10 +376,3 @@ def modality_for(profile: Profile) -> ModalityRules:
     """The modality rules for a profile's modality."""
     return _RULES[profile.modality](profile)
 
-
-def _num(values: Mapping[str, Value], name: str) -> float | None:
-    value = values.get(name)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value):
-        return float(value)
-    return None

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from controller.modality.dose_timing import ContinuousTiming
+from controller.modality.readings import number as _number
 
 US_PER_S = 1e6
 # mA × µs = nC; a thousand nC per µC.
@@ -195,10 +196,3 @@ class TensDoseMeter(ContinuousTiming):
                         f"{amp:g} mA passed the limit {self.density_max_ma_cm2:g} mA/cm2")
         return None
 
-
-def _number(telemetry: Mapping[str, object], key: str) -> float | None:
-    value = telemetry.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value):
-        return float(value)
-    return None

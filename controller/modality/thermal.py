@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 
 from controller.modality.dose_timing import ContinuousTiming
+from controller.modality.readings import number as _number
 
 # CEM43 (Sapareto & Dewey 1984): minutes at 43 degC equivalent to an exposure.
 CEM43_REFERENCE_C = 43.0
@@ -123,10 +124,3 @@ class ThermalDoseMeter(ContinuousTiming):
                 return reason
         return budget_reason(self.dose.cem43_min, self.cem43_budget_min)
 
-
-def _number(telemetry: Mapping[str, object], key: str) -> float | None:
-    value = telemetry.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value):
-        return float(value)
-    return None

@@ -7,9 +7,10 @@ spent without contact, up to the profile's `max_contact_hold_s` in total.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
+
+from controller.modality.readings import number as _number
 
 Clock = Callable[[], float]
 
@@ -216,10 +217,3 @@ class UltrasoundDoseMeter:
                     f"{self.energy_max_j:g} J")
         return None
 
-
-def _number(telemetry: Mapping[str, object], key: str) -> float | None:
-    value = telemetry.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value):
-        return float(value)
-    return None

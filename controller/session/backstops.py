@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from controller.device.link import ReadBack
+from controller.modality.readings import number
 from protocols.map_common import Scalar
 
 # Device timers and elapsed counters count whole seconds.
@@ -39,9 +40,10 @@ def timer_problem(telemetry: Mapping[str, Scalar], timer_s: float,
 
     Right after the start the device's remaining time is the armed timer less the
     whole seconds elapsed since; a timer left at its default, or never loaded, shows."""
-    remaining = telemetry.get("remaining_s")
-    if isinstance(remaining, bool) or not isinstance(remaining, (int, float)):
-        return f"device reports no session timer count (remaining_s is {remaining!r})"
+    remaining = number(telemetry, "remaining_s")
+    if remaining is None:
+        return ("device reports no session timer count (remaining_s is "
+                f"{telemetry.get('remaining_s')!r})")
     low = timer_s - since_start_s - DEVICE_COUNT_RESOLUTION_S - TIMER_CHECK_SLACK_S
     if not low <= remaining <= timer_s + DEVICE_COUNT_RESOLUTION_S:
         return (f"device session timer reads {remaining:g} s remaining {since_start_s:.1f} s "
@@ -50,10 +52,8 @@ def timer_problem(telemetry: Mapping[str, Scalar], timer_s: float,
 
 
 def device_elapsed(telemetry: Mapping[str, Scalar]) -> float | None:
-    value = telemetry.get("elapsed_s")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    """The device's own count of output time; None when it reports no finite number."""
+    return number(telemetry, "elapsed_s")
 
 
 def reconcile(host_s: float, device_s: float | None, slack_s: float) -> tuple[float, str]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from controller.modality.readings import finite
 from controller.profiles.model import Profile
 
 
@@ -87,7 +88,7 @@ def reported_faults(profile: Profile, t: Mapping[str, object]) -> list[ReportedF
         value = t.get(name)
         if value is None:
             continue   # not read (yet): nothing reported
-        number = as_number(value)
+        number = finite(value)
         if number is None or not number.is_integer():
             out.append(ReportedFault(name, str(value), f"unreadable fault code {value!r}",
                                      "device_fault"))
@@ -103,7 +104,7 @@ def reported_faults(profile: Profile, t: Mapping[str, object]) -> list[ReportedF
 
 def mismatch(what: str, got: object, want: object, tol: float, unit: str) -> str | None:
     """Why a read-back value is not the commanded one (beyond `tol`), or None."""
-    g, w = as_number(got), as_number(want)
+    g, w = finite(got), finite(want)
     if g is None or w is None:
         return f"{what}: device reports {got!r}, commanded {want!r}"
     if abs(g - w) > tol:
@@ -111,7 +112,3 @@ def mismatch(what: str, got: object, want: object, tol: float, unit: str) -> str
     return None
 
 
-def as_number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
