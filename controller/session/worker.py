@@ -642,10 +642,11 @@ class Session:
 
     def _event(self, kind: str, detail: Mapping[str, object]) -> None:
         t = self.clock() - self.t0
-        self.events.append(TimelineEvent(round(t, 4), kind, plain(detail)))
+        record = plain(detail)      # one JSON-safe copy for the timeline and the records
+        self.events.append(TimelineEvent(round(t, 4), kind, record))
         if self.store is not None and self.session_id:
             try:
-                self.store.add_event(self.session_id, kind, plain(detail), t_s=t,
+                self.store.add_event(self.session_id, kind, record, t_s=t,
                                      delivered_s=self._delivered(self.clock()),
                                      dose=self.meter.figures() if self.meter else None)
             except RecordsError as exc:
@@ -658,8 +659,9 @@ class Session:
         # Plain text in reports and records (the enums are str, but print as enums).
         outcome = str(self.state.outcome or checks.FAULT)
         host = self._delivered(self.clock())
-        slack = self.profile.safety.poll_period_s + poll_guard_s(self.profile) \
-            + max(self._poll_times, default=0.0)
+        # How old the device's last count may be: a poll period and the guard, which is
+        # capped below stale_after_s (a poll frozen with the controller must not widen it).
+        slack = self.profile.safety.poll_period_s + self._guard_s()
         delivered, note = backstops.reconcile(host, self.device_elapsed_s, slack)
         if note:
             self._event("decision", {"delivered_s": delivered, "host_delivered_s": host,
