@@ -143,12 +143,12 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     (tmp_path / "roles.yaml").write_text(ROLES)
     (tmp_path / "roles.yaml").chmod(0o600)
     code = ("import sys; from tests.test_devices_cli import modctl; "
-            "sys.exit(modctl('serve'))")
+            "sys.exit(modctl('serve', '--port', '0'))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parent.parent)
     assert proc.stdout is not None
     first = proc.stdout.readline()
-    assert "serving reminders" in first
+    assert first.startswith("listening on http://127.0.0.1:")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0

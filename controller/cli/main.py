@@ -23,6 +23,7 @@ from controller.cli import (
     serve_cmd,
     session_cmd,
     simulate_cmd,
+    users_cmd,
 )
 from controller.cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_USAGE, UsageError, error
 from controller.profiles.yaml_source import SourceError
@@ -31,7 +32,8 @@ from controller.records.store import RecordsError
 # Set to show a traceback for internal errors (for developers only).
 DEBUG_ENV = "MODCTL_DEBUG"
 COMMAND_MODULES = (profiles_cmd, session_cmd, simulate_cmd, records_cmd, demo_cmd,
-                   diagram_cmd, plan_cmd, calibrate_cmd, devices_cmd, book_cmd, serve_cmd)
+                   diagram_cmd, plan_cmd, calibrate_cmd, devices_cmd, book_cmd, serve_cmd,
+                   users_cmd)
 # The status when the reader of the output went away (`| head`) AND the command was cut short by
 # it; 128 + SIGPIPE, what a shell reports for a program a closed pipe ended. Not reached through
 # `print`: output to a closed pipe is dropped and the command finishes with its own status.

@@ -6,9 +6,7 @@ import argparse
 import os
 import sys
 import textwrap
-from datetime import timedelta
 
-from controller.calibration.gate import check_calibration
 from controller.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -23,9 +21,9 @@ from controller.cli.session_cmd import (
     note_interrupted,
     terminal_runner,
 )
-from controller.clinic.patients import interval_conflict
 from controller.clinic.roles import RoleRefused, RolesError, load_roles
 from controller.modality.dose_budget import plan_budget_problems
+from controller.plans.gates import calibration_gate, interval_gate
 from controller.plans.plan import (
     EXAMPLE_WARNING,
     Plan,
@@ -36,8 +34,7 @@ from controller.plans.plan import (
     load_plan_file,
     preset_paths,
 )
-from controller.plans.runner import DeviceCheck, PlanCheck, run_plan_ref
-from controller.profiles.model import Profile
+from controller.plans.runner import run_plan_ref
 from controller.records.store import RecordsError, RecordStore, default_db_path
 from controller.session.service import SessionStarter
 
@@ -218,42 +215,10 @@ def _run(args: argparse.Namespace) -> int:
                               run_step=terminal_runner(
                                   starter, sys.stdout.isatty() and not args.json),
                               out=sys.stderr if args.json else sys.stdout,
-                              device_check=_calibration_gate(starter),
-                              plan_check=_interval_gate(starter, patient))
+                              device_check=calibration_gate(starter),
+                              plan_check=interval_gate(starter, patient))
     _print_json(report, args.json)
     return report.exit_status
-
-
-def _calibration_gate(starter: SessionStarter) -> DeviceCheck:
-    """Design invariant 1: no output on a device whose calibration is overdue (checked up
-    front; each step's session checks again by the identity its device reports)."""
-    def check(role: str, profile: Profile, port: str) -> str | None:
-        assert starter.store is not None
-        return check_calibration(starter.store, profile, port, starter.now(),
-                                 require_registered=starter.rules.require_registered)
-    return check
-
-
-def _interval_gate(starter: SessionStarter, patient: str | None) -> PlanCheck | None:
-    """The patient's minimum interval, per modality of the plan, checked once before the first
-    step (patient_rules): the plan's steps are one treatment and never block each other."""
-    if patient is None:
-        return None
-
-    store = starter.store
-    assert store is not None
-
-    def check(plan: Plan) -> list[str]:
-        now = starter.now()
-        end = now + timedelta(seconds=plan.treatment_s() + plan.pauses_s())
-        reasons: list[str] = []
-        for modality in dict.fromkeys(p.modality for p in plan.profiles.values()):
-            conflict = interval_conflict(store, patient, modality, now, end,
-                                         starter.rules.min_interval_s)
-            if conflict:
-                reasons.append(conflict)
-        return reasons
-    return check
 
 
 def _print_json(report: PlanReport, as_json: bool) -> None:

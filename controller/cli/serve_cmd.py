@@ -1,4 +1,7 @@
-"""`modctl serve [--once]`: keep the day's reminders until SIGINT/SIGTERM.
+"""`modctl serve`: the clinic service (controller/service/); `--once` prints the day's reminders.
+
+`serve(reminders, stop)` below is the reminders loop on its own (tests, and a site that runs
+reminders without the HTTP service).
 
 Reminders (booking due, booking overdue, calibration coming due or overdue) are printed to
 stdout with a timestamp and appended to the audit trail as notes. APScheduler wakes the server
@@ -12,82 +15,54 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from datetime import datetime
+from pathlib import Path
 from types import FrameType
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from controller.cli.clinic_common import add_clinic_options, clinic_command, open_store
-from controller.cli.common import EXIT_OK
+from controller.cli.common import EXIT_OK, UsageError
+from controller.cli.session_cmd import clinic_rules
 from controller.clinic import clock as clinic_time
-from controller.clinic.reminders import Reminder, reminders_at, upcoming
+from controller.clinic.reminders import Reminders
 from controller.clinic.roles import load_roles
-from controller.records.store import RecordStore
+from controller.service.listen import (
+    DEFAULT_HOST,
+    DEFAULT_IDLE_HOURS,
+    DEFAULT_PORT,
+    Listen,
+    listen_problem,
+)
 from controller.session.scheduling import every, make_scheduler
 
 # How often the server looks again for new bookings and the day's calibration state: a booking
 # made for "now" is reminded within this, and so is the first check of a new day.
 SYNC_PERIOD_S = 60.0
-AUDIT_ACTION = "note.reminder"
-
-
-class Reminders:
-    """Emits each reminder once (print + audit); safe from scheduler threads."""
-
-    def __init__(self, store: RecordStore, actor: str, warn_days: int,
-                 clock: Callable[[], datetime] | None = None) -> None:
-        self.store = store
-        self.actor = actor
-        self.warn_days = warn_days
-        # Looked up at each call, so a test can replace clinic_time.now.
-        self.clock = clock or (lambda: clinic_time.now())
-        self._sent: set[tuple[object, ...]] = set()
-        self._scheduled: set[tuple[int, datetime]] = set()
-        self._lock = threading.Lock()
-
-    def check(self) -> int:
-        """Emit what applies now and is not yet emitted; returns how many were emitted."""
-        now = self.clock()
-        fresh = []
-        with self._lock:
-            for reminder in reminders_at(self.store, now, self.warn_days):
-                if reminder.key() not in self._sent:
-                    self._sent.add(reminder.key())
-                    fresh.append(reminder)
-        for reminder in fresh:
-            self.emit(reminder, now)
-        return len(fresh)
-
-    def emit(self, reminder: Reminder, now: datetime) -> None:
-        print(f"{clinic_time.stamp(now)}  {reminder.kind}: {reminder.text}", flush=True)
-        self.store.audit(self.actor, AUDIT_ACTION, reminder.subject,
-                         {"reminder": reminder.kind, "text": reminder.text,
-                          "due_at": reminder.due_at.isoformat()})
-
-    def schedule(self, scheduler: BackgroundScheduler) -> None:
-        """A wake-up at each of today's booking moments still to come (once each)."""
-        for moment, booking_id in upcoming(self.store, self.clock()):
-            with self._lock:
-                if (booking_id, moment) in self._scheduled:
-                    continue
-                self._scheduled.add((booking_id, moment))
-            scheduler.add_job(self.check, "date", run_date=moment,
-                              name=f"booking {booking_id} reminder")
-
-    def sync(self, scheduler: BackgroundScheduler) -> None:
-        self.check()
-        self.schedule(scheduler)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="keep the day's reminders (bookings, calibrations)",
-                       description="Print the day's reminders as they fall due and keep them "
-                                   "in the audit trail: booking due, booking overdue (not "
-                                   "started 10 min after), calibration due soon or overdue. "
-                                   "Runs until Ctrl-C or SIGTERM. Starts no output.")
+    p = sub.add_parser("serve", help="run the clinic service (HTTP API, every device)",
+                       description="Run the clinic service: every registered device held and "
+                                   "watched, sessions started and stopped over an "
+                                   "authenticated HTTP API (docs/service.md), and the day's "
+                                   "reminders (booking due or overdue, calibration due). "
+                                   "SIGTERM or Ctrl-C stops every running output (confirmed "
+                                   "and recorded) before it exits.")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate (needed off loopback)")
+    p.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="serve plain HTTP on a non-loopback address (logged, shown on every "
+                        "page)")
+    p.add_argument("--idle-hours", type=float, default=DEFAULT_IDLE_HOURS,
+                   help="a login expires after this many hours without a request "
+                        f"(default {DEFAULT_IDLE_HOURS:g})")
+    p.add_argument("--plans", metavar="DIR",
+                   help="a folder of reviewed plan files the API may run by name (besides "
+                        "the shipped presets)")
     p.add_argument("--once", action="store_true",
-                   help="print the reminders that apply now and exit")
+                   help="print the reminders that apply now and exit (no HTTP service)")
     add_clinic_options(p)
     p.set_defaults(run=clinic_command(_serve))
 
@@ -95,14 +70,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _serve(args: argparse.Namespace) -> int:
     config = load_roles()
     actor = config.resolve(args.operator)
+    if not args.once:
+        listen = Listen(args.host, args.port, args.tls_cert, args.tls_key, args.insecure_http)
+        problem = listen_problem(listen)
+        if problem is None and not 0 <= args.port <= 65535:
+            problem = f"--port {args.port} is not a TCP port (0-65535)"
+        if problem is None and not args.idle_hours > 0:
+            problem = "--idle-hours must be more than 0"
+        if problem is None and args.plans and not Path(args.plans).is_dir():
+            problem = f"--plans {args.plans}: no such folder"
+        if problem is not None:
+            raise UsageError(problem)
     with open_store(args) as store:
+        if not args.once:
+            # The web stack is imported only here: other commands start without it.
+            from controller.service.context import ServiceContext, ServiceOptions
+            from controller.service.server import run_service
+            options = ServiceOptions(idle_s=args.idle_hours * 3600,
+                                     insecure_http=args.insecure_http,
+                                     plans_dir=Path(args.plans) if args.plans else None)
+            ctx = ServiceContext.build(store, clinic_rules(config), options)
+            return run_service(ctx, listen, actor, config.clinic.calibration_warning_days)
         reminders = Reminders(store, actor, config.clinic.calibration_warning_days)
-        if args.once:
-            if reminders.check() == 0:
-                print("no reminders")
-            return EXIT_OK
-        stop = threading.Event()
-        return serve(reminders, stop)
+        if reminders.check() == 0:
+            print("no reminders")
+        return EXIT_OK
 
 
 def serve(reminders: Reminders, stop: threading.Event) -> int:

@@ -6,13 +6,20 @@ each one once and schedules the moments still to come. A reminder never starts a
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
+from controller.clinic import clock as clinic_time
 from controller.clinic.bookings import load_profile
 from controller.clinic.clock import local_day, show, show_duration
 from controller.records.clinic_tables import BookingRow
 from controller.records.store import RecordStore
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
 
 # A booking not started this long after its time is reported overdue.
 OVERDUE_AFTER = timedelta(minutes=10)
@@ -20,6 +27,7 @@ BOOKING_DUE = "booking due"
 BOOKING_OVERDUE = "booking overdue"
 CALIBRATION_DUE = "calibration due soon"
 CALIBRATION_OVERDUE = "calibration overdue"
+AUDIT_ACTION = "note.reminder"
 
 
 @dataclass(frozen=True)
@@ -96,3 +104,51 @@ def upcoming(store: RecordStore, now: datetime) -> list[tuple[datetime, int]]:
     for b in store.bookings(local_day(now), statuses=("booked",)):
         out += [(t, b.id) for t in (b.starts_at, b.starts_at + OVERDUE_AFTER) if t > now]
     return sorted(out)
+
+
+class Reminders:
+    """Emits each reminder once (print + audit); safe from scheduler threads."""
+
+    def __init__(self, store: RecordStore, actor: str, warn_days: int,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.store = store
+        self.actor = actor
+        self.warn_days = warn_days
+        # Looked up at each call, so a test can replace clinic_time.now.
+        self.clock = clock or (lambda: clinic_time.now())
+        self._sent: set[tuple[object, ...]] = set()
+        self._scheduled: set[tuple[int, datetime]] = set()
+        self._lock = threading.Lock()
+
+    def check(self) -> int:
+        """Emit what applies now and is not yet emitted; returns how many were emitted."""
+        now = self.clock()
+        fresh = []
+        with self._lock:
+            for reminder in reminders_at(self.store, now, self.warn_days):
+                if reminder.key() not in self._sent:
+                    self._sent.add(reminder.key())
+                    fresh.append(reminder)
+        for reminder in fresh:
+            self.emit(reminder, now)
+        return len(fresh)
+
+    def emit(self, reminder: Reminder, now: datetime) -> None:
+        print(f"{clinic_time.stamp(now)}  {reminder.kind}: {reminder.text}", flush=True)
+        self.store.audit(self.actor, AUDIT_ACTION, reminder.subject,
+                         {"reminder": reminder.kind, "text": reminder.text,
+                          "due_at": reminder.due_at.isoformat()})
+
+    def schedule(self, scheduler: BackgroundScheduler) -> None:
+        """A wake-up at each of today's booking moments still to come (once each)."""
+        for moment, booking_id in upcoming(self.store, self.clock()):
+            with self._lock:
+                if (booking_id, moment) in self._scheduled:
+                    continue
+                self._scheduled.add((booking_id, moment))
+            scheduler.add_job(self.check, "date", run_date=moment,
+                              name=f"booking {booking_id} reminder")
+
+    def sync(self, scheduler: BackgroundScheduler) -> None:
+        self.check()
+        self.schedule(scheduler)

@@ -160,6 +160,7 @@ class PlanRun:
         with self._interruptible():
             while (left := end - time.monotonic()) > 0:
                 sleep(min(PAUSE_TICK_S, left))
+                self._check_signal()
 
     # -- ending ---------------------------------------------------------------------------
     def refuse(self, problems: list[str]) -> PlanReport:
@@ -229,6 +230,11 @@ class PlanRun:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def request_stop(self, why: str) -> None:
+        """Stop the plan from another thread (the clinic service): before the next step, or
+        in a pause (within one `sleep` tick). The running step is stopped by its session."""
+        self._signalled = why
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signalled = signal.Signals(signum).name

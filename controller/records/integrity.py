@@ -31,15 +31,17 @@ from typing import Any
 GENESIS_HASH = "0" * 64
 BASELINE_ACTION = "records.baseline"
 # Tables whose rows are keyed one by one; events and samples are handled apart.
-KEYED_TABLES = ("sessions", "calibrations", "devices", "bookings")
+KEYED_TABLES = ("sessions", "calibrations", "devices", "bookings", "users")
 _KEY_SQL = {"sessions": ("id", "SELECT * FROM sessions"),
             "calibrations": ("id", "SELECT * FROM calibrations"),
             "devices": ("name", "SELECT * FROM devices"),
-            "bookings": ("id", "SELECT * FROM bookings")}
+            "bookings": ("id", "SELECT * FROM bookings"),
+            "users": ("name", "SELECT * FROM users")}
 _ONE_SQL = {"sessions": "SELECT * FROM sessions WHERE id = ?",
             "calibrations": "SELECT * FROM calibrations WHERE id = ?",
             "devices": "SELECT * FROM devices WHERE name = ?",
-            "bookings": "SELECT * FROM bookings WHERE id = ?"}
+            "bookings": "SELECT * FROM bookings WHERE id = ?",
+            "users": "SELECT * FROM users WHERE name = ?"}
 
 
 def dumps(value: Any) -> str:

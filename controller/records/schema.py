@@ -3,7 +3,8 @@
 Append a step, never edit one: databases in the field were made by the earlier steps.
 Step 1: sessions, events, telemetry and the audit trail; step 2: the clinic's devices, bookings
 and calibrations; step 3: row hashes in the audit chain, profile hashes, device-reported elapsed
-time, and what a device is (model, serial, resolved port, pinned profile file).
+time, and what a device is (model, serial, resolved port, pinned profile file); step 4: the
+clinic service's user accounts.
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ CLINIC_IDENTITY_MIGRATION: tuple[str, ...] = (
     "ALTER TABLE bookings ADD COLUMN profiles TEXT NOT NULL DEFAULT '{}'",
 )
 
+# Step 4: the clinic service's accounts (`controller.records.user_table`). Names compare without
+# case, so "Alice" cannot sit beside "alice"; an account is disabled, never deleted, because the
+# audit trail names it.
+USERS_MIGRATION: tuple[str, ...] = (
+    """CREATE TABLE users (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        role TEXT NOT NULL CHECK (role IN ('clinician', 'technician', 'admin')),
+        password_hash TEXT NOT NULL, disabled INTEGER NOT NULL DEFAULT 0,
+        created_by TEXT NOT NULL, created_at TEXT NOT NULL,
+        changed_by TEXT NOT NULL, changed_at TEXT NOT NULL)""",
+    """CREATE TRIGGER users_no_delete BEFORE DELETE ON users
+        BEGIN SELECT RAISE(ABORT, 'accounts are never deleted: disable them'); END""",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SESSION_TABLES,
     CLINIC_MIGRATION,
@@ -102,5 +117,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX samples_batch ON samples (batch)",
         *CLINIC_IDENTITY_MIGRATION,
     ),
+    USERS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

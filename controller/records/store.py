@@ -1,5 +1,6 @@
-"""Session records: sessions, their events and telemetry, the clinic's devices, bookings and
-calibrations, and a hash-chained audit trail, in one SQLite file behind `RecordStore`.
+"""Session records: sessions, their events and telemetry, the clinic's devices, bookings,
+calibrations and service accounts, and a hash-chained audit trail, in one SQLite file behind
+`RecordStore`.
 
 All database access goes through `RecordStore`, so a server database can replace the embedded
 SQLite file later without touching callers. It is composed of parts that each own one job and
@@ -10,7 +11,8 @@ all write through one `Database` (one file, one write lock, one audit chain):
 - `telemetry.Telemetry`: the telemetry buffer and its batched writes;
 - `sessions.SessionLog`: sessions and their events (it drains the telemetry buffer into its
   transactions); `export.export_sessions` formats them;
-- `device_table.DeviceTable`, `booking_table.BookingTable`, `calibration_table.CalibrationTable`.
+- `device_table.DeviceTable`, `booking_table.BookingTable`, `calibration_table.CalibrationTable`;
+- `user_table.UserTable`: the clinic service's accounts.
 
 Durability (docs/design.md §2.9): every `add_event` is its own committed transaction, fsynced
 (``synchronous=FULL``); telemetry is the one exception (see `add_sample`). Tamper evidence
@@ -63,6 +65,7 @@ from controller.records.sessions import (
     new_session_id,
 )
 from controller.records.telemetry import SampleRow, Telemetry
+from controller.records.user_table import UserRow, UserTable
 
 __all__ = [
     "BUSY_TIMEOUT_S", "DB_ENV", "DB_FILENAME", "EVENT_KINDS", "GENESIS_HASH", "MIGRATIONS",
@@ -87,6 +90,7 @@ class RecordStore:
         self._devices = DeviceTable(self._db)
         self._bookings = BookingTable(self._db)
         self._calibrations = CalibrationTable(self._db)
+        self._users = UserTable(self._db)
         self._db.open(create=create)
 
     # -- connections and transactions (the hooks tests use to reach the file) --------------
@@ -319,3 +323,21 @@ class RecordStore:
     def calibration_status(self, device: str, at: datetime) -> CalibrationStatus:
         return self._calibrations.calibration_status(device, at)
 
+
+    # -- service accounts (UserTable; the rules are controller.service.accounts) -----------
+
+    def add_user(self, name: str, role: str, password_hash: str, actor: str) -> UserRow:
+        return self._users.add_user(name, role, password_hash, actor)
+
+    def disable_user(self, name: str, actor: str) -> UserRow:
+        return self._users.disable_user(name, actor)
+
+    def set_user_password(self, name: str, password_hash: str, actor: str, *,
+                          rehash: bool = False) -> UserRow:
+        return self._users.set_user_password(name, password_hash, actor, rehash=rehash)
+
+    def users(self) -> list[UserRow]:
+        return self._users.users()
+
+    def user(self, name: str) -> UserRow | None:
+        return self._users.user(name)

@@ -1,0 +1,209 @@
+"""Sessions over HTTP: start, look at, stop, e-stop; the whole room's e-stop.
+
+Starting runs the same checks, in the same words, as `modctl session run`: 422 lists every
+problem of the request (unknown parameter, limits, ceilings, duration), 409 says why the
+device cannot take it (busy, absent, latched fault, calibration, the patient's minimum
+interval, a refusal at identification), 403 a role that may not. Anyone logged in may
+stop or e-stop anything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.clinic.patients import PatientIdError, check_patient_id
+from controller.modality.prescription import (
+    DurationError,
+    PrescriptionRejected,
+    build_prescription,
+    parse_duration,
+)
+from controller.records.sessions import SessionRow
+from controller.service.api_auth import Authenticated, Ctx, role
+from controller.service.auth import Login
+from controller.service.devices import DeviceSlot
+from controller.service.http_errors import ApiError
+from controller.service.runs import Run, StartRefused
+from controller.session.report import SessionReport
+
+router = APIRouter(prefix="/api", tags=["sessions"])
+
+# Rows `GET /api/sessions` returns at most (newest first).
+LIST_LIMIT_MAX = 500
+
+Clinician = Annotated[Login, Depends(role("clinician", "start a session"))]
+
+
+class StartBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device: str = Field(min_length=1, max_length=64)
+    duration: str | float = Field(description="seconds, or 90s, 5m, 1m30s")
+    settings: dict[str, str | float | int] = Field(default_factory=dict, max_length=32)
+    patient: str | None = Field(default=None, max_length=64)
+    clear_fault: bool = False
+
+
+def slot_named(ctx: Ctx, name: str) -> DeviceSlot:
+    slot = ctx.slots.get(name)
+    if slot is None:
+        known = ", ".join(sorted(ctx.slots)) or "none registered"
+        raise ApiError(404, f"no registered device named '{name}' (devices: {known})")
+    return slot
+
+
+def _settings_text(settings: dict[str, str | float | int]) -> dict[str, str]:
+    out = {}
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            raise ApiError(422, f"setting '{name}': a number or a word, not true/false")
+        out[name] = value if isinstance(value, str) else repr(value)
+    return out
+
+
+@router.post("/sessions", status_code=201)
+def start_session(body: StartBody, ctx: Ctx, login: Clinician) -> dict[str, object]:
+    slot = slot_named(ctx, body.device)
+    if slot.profile is None:
+        raise ApiError(409, slot.load_problem)
+    problems: list[str] = []
+    patient = None
+    if body.patient is not None:
+        try:
+            patient = check_patient_id(body.patient, "patient")
+        except PatientIdError as exc:
+            problems.append(str(exc))
+    duration = 0.0
+    try:
+        duration = parse_duration(str(body.duration))
+    except DurationError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ApiError(422, "; ".join(problems), problems)
+    try:
+        rx = build_prescription(slot.profile, _settings_text(body.settings), duration)
+    except PrescriptionRejected as exc:
+        messages = exc.messages()
+        raise ApiError(422, "; ".join(messages), messages) from None
+    try:
+        run = ctx.runs.start(slot, rx, operator=login.account.name, patient=patient,
+                             clear_fault=body.clear_fault)
+    except StartRefused as exc:
+        raise ApiError(exc.status, exc.message,
+                       session_id=exc.report.session_id if exc.report else "") from None
+    return {"id": run.id, "device": slot.name, "state": str(run.session.state.state),
+            "prescription": run.session.rx.record(), "operator": run.operator}
+
+
+def _row_json(row: SessionRow) -> dict[str, object]:
+    out = row.to_json()
+    out.pop("events", None)
+    out["final"] = row.status != "open"
+    return out
+
+
+def report_json(report: SessionReport) -> dict[str, object]:
+    out = report.to_dict()
+    out["final"] = True
+    return out
+
+
+@router.get("/sessions/{session_id}")
+def get_session(session_id: str, ctx: Ctx, login: Authenticated) -> dict[str, object]:
+    found = ctx.runs.get(session_id)
+    if isinstance(found, Run):
+        return found.summary()
+    if isinstance(found, SessionReport):
+        return report_json(found)
+    row = ctx.store.get_session(session_id)
+    if row is None:
+        raise ApiError(404, f"no session {session_id}")
+    return row_report(row)
+
+
+def row_report(row: SessionRow) -> dict[str, object]:
+    """A recorded session with the keys of the CLI's `--json` report (the report of a
+    session this service ran recently is served whole from memory instead)."""
+    keys = SessionReport.__dataclass_fields__
+    events = [{"t_s": e.t_s, "kind": e.kind, "detail": e.detail} for e in row.events]
+    started = any(e.kind == "command" and e.detail.get("op") == "start"
+                  for e in row.events) or (row.delivered_s or 0.0) > 0
+    unconfirmed = any(e.kind == "fault" and "stop not confirmed" in str(e.detail.get("reason"))
+                      for e in row.events)
+    out: dict[str, object] = {
+        "session_id": row.id, "outcome": row.outcome or row.status, "reason": row.reason or "",
+        "profile": row.profile, "device": {"port": row.port, **row.identity},
+        "prescription": row.prescription, "planned_s": row.planned_s,
+        "delivered_s": row.delivered_s or 0.0, "stop_source": row.stop_source or "",
+        "dose": row.dose or {}, "events": events,
+        "stop_confirmed": (not unconfirmed) if started else None,
+        "output_started": started,
+        "device_elapsed_s": row.device_elapsed_s, "host_delivered_s": None,
+        "profile_file": {"id": row.profile, "path": row.profile_path,
+                         "sha256": row.profile_sha256}}
+    assert set(out) == set(keys)
+    out.update(status=row.status, operator=row.operator, patient=row.patient,
+               started_at=row.started_at, ended_at=row.ended_at, final=row.status != "open")
+    return out
+
+
+@router.get("/sessions")
+def list_sessions(ctx: Ctx, login: Authenticated,
+                  patient: Annotated[str | None, Query(max_length=64)] = None,
+                  since: Annotated[datetime | None, Query()] = None,
+                  limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 50
+                  ) -> dict[str, object]:
+    rows = ctx.store.list_sessions(limit=None if since else limit, patient=patient)
+    if since is not None:
+        floor = since if since.tzinfo else since.astimezone()
+        rows = [r for r in rows if datetime.fromisoformat(r.started_at) >= floor][:limit]
+    return {"sessions": [_row_json(r) for r in rows]}
+
+
+def _run_or_404(ctx: Ctx, session_id: str) -> Run:
+    found = ctx.runs.get(session_id)
+    if isinstance(found, Run):
+        return found
+    if found is not None or ctx.store.get_session(session_id) is not None:
+        raise ApiError(409, f"session {session_id} has already ended")
+    raise ApiError(404, f"no session {session_id}")
+
+
+def _stopped(run: Run, report: SessionReport | None, response: Response) -> dict[str, object]:
+    if report is None:
+        response.status_code = 202
+        return {**run.summary(), "note": "stop posted; not confirmed yet"}
+    return report_json(report)
+
+
+@router.post("/sessions/{session_id}/stop")
+def stop_session(session_id: str, ctx: Ctx, login: Authenticated,
+                 response: Response) -> dict[str, object]:
+    run = _run_or_404(ctx, session_id)
+    return _stopped(run, ctx.runs.stop(run, emergency=False, by=login.account.name), response)
+
+
+@router.post("/sessions/{session_id}/estop")
+def estop_session(session_id: str, ctx: Ctx, login: Authenticated,
+                  response: Response) -> dict[str, object]:
+    run = _run_or_404(ctx, session_id)
+    return _stopped(run, ctx.runs.stop(run, emergency=True, by=login.account.name), response)
+
+
+@router.post("/estop")
+def estop_all(ctx: Ctx, login: Authenticated) -> dict[str, object]:
+    """Every running output of this service, in one request."""
+    runs = ctx.runs.stop_all(emergency=True, reason=f"operator emergency stop of every "
+                             f"output by {login.account.name} (clinic service)")
+    ctx.store.audit(login.account.name, "service.estop_all", "all",
+                    {"sessions": [r.id for r in runs]})
+    out = []
+    for run in runs:
+        report = run.session.report
+        out.append({"id": run.id, "device": run.slot.name,
+                    "outcome": report.outcome if report else "stopping",
+                    "stop_confirmed": report.stop_confirmed if report else None})
+    return {"stopped": out}

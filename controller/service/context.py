@@ -1,0 +1,96 @@
+"""Everything one `modctl serve` process holds: the records, the accounts, the device slots,
+the runs and the live stream. Built once at start; the HTTP routes only read it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.calibration.gate import registered_profile
+from controller.records.clinic_tables import DeviceRow
+from controller.records.store import RecordStore
+from controller.service.accounts import Accounts
+from controller.service.auth import Authenticator, LoginLimiter, TokenBook
+from controller.service.devices import DeviceSlot, DeviceWatch, LinkOpener
+from controller.service.events import EventHub
+from controller.service.plan_runs import PlanRuns
+from controller.service.runs import Runs
+from controller.session.service import ClinicRules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceOptions:
+    """How the service was started (the command line's choices)."""
+
+    idle_s: float
+    insecure_http: bool = False
+    """Serving plain HTTP on a non-loopback address (shown on every page, logged)."""
+    plans_dir: Path | None = None
+    """Reviewed plan files the API may run by name, beside the shipped presets."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins whose cookie-authenticated requests need no CSRF header (the console's own)."""
+
+
+@dataclass
+class ServiceContext:
+    store: RecordStore
+    accounts: Accounts
+    auth: Authenticator
+    hub: EventHub
+    runs: Runs
+    plans: PlanRuns
+    options: ServiceOptions
+    slots: dict[str, DeviceSlot] = field(default_factory=dict)
+    watch: DeviceWatch | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _opener: LinkOpener | None = None
+
+    @classmethod
+    def build(cls, store: RecordStore, rules: ClinicRules, options: ServiceOptions, *,
+              opener: LinkOpener | None = None) -> ServiceContext:
+        hub = EventHub()
+        accounts = Accounts(store)
+        auth = Authenticator(accounts, store, TokenBook(options.idle_s), LoginLimiter())
+        runs = Runs(store, rules, hub.publish)
+        ctx = cls(store, accounts, auth, hub, runs, PlanRuns(runs, hub.publish), options)
+        ctx.load_devices(opener)
+        return ctx
+
+    def load_devices(self, opener: LinkOpener | None = None) -> None:
+        """A slot per registered device still in service."""
+        self._opener = opener
+        for row in self.store.devices():
+            self.add_slot(row)
+
+    def add_slot(self, row: DeviceRow) -> DeviceSlot:
+        """Hold a registered device, with its pinned profile (a profile that cannot be used
+        keeps the slot, with the reason, so that screens show it)."""
+        loaded = registered_profile(row)
+        profile, problem = (None, f"device '{row.name}' {loaded}") if isinstance(loaded, str) \
+            else (loaded.profile, "")
+        if problem:
+            log.warning("%s", problem)
+        kwargs = {"opener": self._opener} if self._opener is not None else {}
+        slot = DeviceSlot(row, profile, problem, on_change=self._slot_changed, **kwargs)
+        with self._lock:
+            self.slots = {**self.slots, row.name: slot}   # readers iterate a stable dict
+        return slot
+
+    def _slot_changed(self, slot: DeviceSlot) -> None:
+        self.hub.publish("device", {"device": slot.name, "state": self.runs.device_state(slot),
+                                    "problem": slot.watch.problem})
+
+    def start_watch(self) -> None:
+        self.watch = DeviceWatch(lambda: list(self.slots.values()))
+        self.watch.start()
+
+    def close(self) -> None:
+        """Stop watching, close every held port (sessions were stopped before)."""
+        if self.watch is not None:
+            self.watch.stop()
+        for slot in self.slots.values():
+            slot.close()
