@@ -4,7 +4,9 @@ confirmed at the device, refusals (422/409/404), and one session per device unde
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -75,6 +77,12 @@ class Stream:
         return [data for k, data in list(self.events) if k == kind]
 
     def close(self) -> None:
+        # Shut the socket first: the reader thread holds the response's buffer lock while
+        # it waits for the next line, and a plain close() would wait for it (a keep-alive).
+        sock = getattr(getattr(self._resp.fp, "raw", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._resp.close()
 
 

@@ -192,6 +192,12 @@ class Runs:
                     while len(self._reports) > RECENT_REPORTS:
                         self._reports.popitem(last=False)
             slot.busy_with = run.reservation
+            if run.reservation is None:
+                # Look at once: a latched trip or e-stop shows now, not at the next watch.
+                try:
+                    slot.look()
+                except Exception:  # the watch will look again; the run has ended anyway
+                    log.exception("looking at %s after its session", slot.name)
             run.done.set()
             if report is not None:
                 self._publish("session", {"device": slot.name, "id": report.session_id,
