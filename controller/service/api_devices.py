@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from controller.clinic import clock as clinic_time
+from controller.modality.limits import effective_bound
+from controller.profiles.model import DURATION
 from controller.service.api_auth import Authenticated, Ctx
 from controller.service.devices import DeviceSlot
 from controller.service.events import CLOSING, Subscriber, sse
@@ -56,6 +59,55 @@ def device(name: str, ctx: Ctx, login: Authenticated) -> dict[str, object]:
     return device_json(ctx, slot)
 
 
+@router.get("/devices/{name}/form")
+def form(name: str, ctx: Ctx, login: Authenticated) -> dict[str, object]:
+    """What a start form needs: each parameter with its unit, its allowed range (the
+    tightest of the device's, the clinic's and the code's ceilings; a regime such as cold
+    may narrow it further, and the service says so at the request), step, choices and
+    default; and the duration's range."""
+    slot = ctx.slots.get(name)
+    if slot is None:
+        raise ApiError(404, f"no registered device named '{name}'")
+    profile = slot.profile
+    if profile is None:
+        raise ApiError(409, slot.load_problem)
+    params = []
+    for pname, param in profile.parameters.items():
+        bound = effective_bound(profile, pname, [])
+        params.append({
+            "name": pname, "type": param.type, "unit": param.unit,
+            "description": param.description, "step": param.step, "allowed": param.allowed,
+            "choices": list(param.choices) if param.choices else None,
+            "default": param.default, "required": param.default is None,
+            "min": bound.low.value if bound and bound.low else None,
+            "max": bound.high.value if bound and bound.high else None})
+    duration = effective_bound(profile, DURATION, [])
+    return {"device": slot.name, "profile": profile.id, "modality": profile.modality,
+            "model": f"{profile.vendor} {profile.model}", "parameters": params,
+            "duration_s": {"min": duration.low.value if duration and duration.low else None,
+                           "max": duration.high.value if duration and duration.high else None}}
+
+
+@router.get("/alarms")
+def alarms(ctx: Ctx, login: Authenticated, all: bool = False) -> dict[str, object]:
+    """Open alarms, highest priority first (`all=true`: the acknowledged ones too)."""
+    out: dict[str, object] = {"alarms": [asdict(a) for a in ctx.alarms.open()]}
+    if all:
+        out["acknowledged"] = [asdict(a) for a in ctx.alarms.acknowledged()]
+    return out
+
+
+@router.post("/alarms/{alarm_id}/ack")
+def acknowledge(alarm_id: int, ctx: Ctx, login: Authenticated) -> dict[str, object]:
+    """Silence an alarm (the condition stays on the device's state); audited with who."""
+    alarm = ctx.alarms.acknowledge(alarm_id, login.account.name)
+    if alarm is None:
+        raise ApiError(404, f"no open alarm {alarm_id} (already acknowledged?)")
+    ctx.store.audit(login.account.name, "alarm.ack", f"device/{alarm.device}",
+                    {"alarm": asdict(alarm)})
+    return asdict(alarm)
+
+
 @router.get("/events")
 async def events(request: Request, ctx: Ctx, login: Authenticated) -> StreamingResponse:
     """Server-Sent Events: `device` (state changes), `telemetry` (every poll of every
@@ -65,7 +117,8 @@ async def events(request: Request, ctx: Ctx, login: Authenticated) -> StreamingR
     sub = ctx.hub.subscribe()
     if sub is None:
         raise ApiError(503, "too many live-stream clients; try again later")
-    first: dict[str, object] = {"devices": [device_json(ctx, s) for s in ctx.slots.values()]}
+    first: dict[str, object] = {"devices": [device_json(ctx, s) for s in ctx.slots.values()],
+                                "alarms": [asdict(a) for a in ctx.alarms.open()]}
     return StreamingResponse(_stream(request, ctx, sub, first), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.clinic.patients import PatientIdError, check_patient_id
@@ -22,6 +23,7 @@ from controller.modality.prescription import (
     build_prescription,
     parse_duration,
 )
+from controller.records.html_report import ReportError, session_report_html
 from controller.records.sessions import SessionRow
 from controller.service.api_auth import Authenticated, Ctx, role
 from controller.service.auth import Login
@@ -148,6 +150,16 @@ def row_report(row: SessionRow) -> dict[str, object]:
     out.update(status=row.status, operator=row.operator, patient=row.patient,
                started_at=row.started_at, ended_at=row.ended_at, final=row.status != "open")
     return out
+
+
+@router.get("/sessions/{session_id}/report", response_class=HTMLResponse)
+def printable_report(session_id: str, ctx: Ctx, login: Authenticated) -> HTMLResponse:
+    """The printable session report (as `modctl records report ID`)."""
+    try:
+        return HTMLResponse(session_report_html(ctx.store, session_id))
+    except ReportError as exc:
+        raise ApiError(404 if ctx.store.get_session(session_id) is None else 409,
+                       str(exc)) from None
 
 
 @router.get("/sessions")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from controller.calibration.gate import registered_profile
 from controller.records.clinic_tables import DeviceRow
 from controller.records.store import RecordStore
 from controller.service.accounts import Accounts
+from controller.service.alarms import AlarmBook
 from controller.service.auth import Authenticator, LoginLimiter, TokenBook
 from controller.service.devices import DeviceSlot, DeviceWatch, LinkOpener
 from controller.service.events import EventHub
@@ -41,6 +43,7 @@ class ServiceContext:
     accounts: Accounts
     auth: Authenticator
     hub: EventHub
+    alarms: AlarmBook
     runs: Runs
     plans: PlanRuns
     options: ServiceOptions
@@ -48,15 +51,23 @@ class ServiceContext:
     watch: DeviceWatch | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _opener: LinkOpener | None = None
+    publish: Callable[[str, dict[str, object]], None] = lambda kind, data: None
 
     @classmethod
     def build(cls, store: RecordStore, rules: ClinicRules, options: ServiceOptions, *,
               opener: LinkOpener | None = None) -> ServiceContext:
         hub = EventHub()
+        alarms = AlarmBook(hub.publish)
+
+        def publish(kind: str, data: dict[str, object]) -> None:
+            alarms.observe(kind, data)
+            hub.publish(kind, data)
+
         accounts = Accounts(store)
         auth = Authenticator(accounts, store, TokenBook(options.idle_s), LoginLimiter())
-        runs = Runs(store, rules, hub.publish)
-        ctx = cls(store, accounts, auth, hub, runs, PlanRuns(runs, hub.publish), options)
+        runs = Runs(store, rules, publish)
+        ctx = cls(store, accounts, auth, hub, alarms, runs, PlanRuns(runs, publish), options)
+        ctx.publish = publish
         ctx.load_devices(opener)
         return ctx
 
@@ -81,7 +92,7 @@ class ServiceContext:
         return slot
 
     def _slot_changed(self, slot: DeviceSlot) -> None:
-        self.hub.publish("device", {"device": slot.name, "state": self.runs.device_state(slot),
+        self.publish("device", {"device": slot.name, "state": self.runs.device_state(slot),
                                     "problem": slot.watch.problem})
 
     def start_watch(self) -> None:

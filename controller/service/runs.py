@@ -201,6 +201,8 @@ class Runs:
             run.done.set()
             if report is not None:
                 self._publish("session", {"device": slot.name, "id": report.session_id,
+                                          "patient": run.patient,
+                                          "stop_source": report.stop_source,
                                           "state": report.outcome, "final": True,
                                           "outcome": report.outcome, "reason": report.reason,
                                           "delivered_s": report.delivered_s,
@@ -211,6 +213,7 @@ class Runs:
         run = slot.busy_with
         self._publish("telemetry", {"device": slot.name,
                                     "id": run.id if isinstance(run, Run) else "",
+                                    "patient": run.patient if isinstance(run, Run) else None,
                                     "state": snap["state"], "remaining_s": snap["remaining_s"],
                                     "delivered_s": round(snap["delivered_s"], 3),
                                     "telemetry": plain(snap["telemetry"]), "dose": snap["dose"]})
