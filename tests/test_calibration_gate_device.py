@@ -66,6 +66,19 @@ def test_registration_identifies_the_device(db: Path, sim_device: SimFactory,
     assert not any(c.on for c in history(device))     # identifying never switches on
 
 
+@pytest.mark.parametrize("profile", ["us-300", "es-4"])
+def test_registration_identifies_every_shipped_model(db: Path, sim_device: SimFactory,
+                                                     profile: str) -> None:
+    # The ES-4's telemetry names a channel: identifying it reads every channel (it used to
+    # fail with an internal error, the template's key not being found).
+    device = sim_device(profile)
+    assert modctl("devices", "add", "dev-1", "--profile", profile, "--port", device.port,
+                  "--operator", "tom", probe=True) == 0
+    with RecordStore(db) as store:
+        row = store.device("dev-1")
+    assert row is not None and row.serial and row.model
+
+
 def test_registration_refuses_a_device_that_does_not_answer(
         db: Path, capsys: pytest.CaptureFixture[str], sim_device: SimFactory) -> None:
     device = sim_device("us-300")      # not an HC-200

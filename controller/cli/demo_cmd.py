@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from controller.cli.common import EXIT_OK
+from controller.cli.demo_serve import serve_demo
 from controller.cli.session_cmd import print_report, run_session
 from controller.modality.prescription import build_prescription
 from controller.profiles.loader import resolve_profile, shipped_profile_paths
@@ -36,10 +37,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="records database (default: a new one in a temporary directory)")
     p.add_argument("--json", action="store_true",
                    help="print all session reports as one JSON list on the last line")
+    p.add_argument("--serve", action="store_true",
+                   help="instead: run the clinic service (web console and API) on the "
+                        "simulated devices, registered and calibrated, with demo accounts "
+                        "printed here (docs/service.md)")
+    p.add_argument("--port", type=int, default=8470,
+                   help="with --serve: the TCP port (default 8470; 0 picks a free one)")
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.serve:
+        return serve_demo(args)
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="modctl-demo-")) / \
         "records.sqlite3"
     live = sys.stdout.isatty() and not args.json

@@ -26,6 +26,7 @@ from controller.cli.common import EXIT_OK, UsageError
 from controller.clinic import clock as clinic_time
 from controller.clinic.bookings import load_profile
 from controller.clinic.roles import load_roles
+from controller.device.idle import idle_variables
 from controller.device.link import DeviceLink, identify
 from controller.profiles.loader import (
     ProfileError,
@@ -155,7 +156,7 @@ def probe(profile: Profile, port: str) -> dict[str, str] | str:
     except ProtocolError as exc:
         return f"cannot open {port}: {exc}"
     try:
-        return identify(link, {}).identity
+        return identify(link, idle_variables(profile)[0]).identity
     except (ProtocolError, IdentityError) as exc:
         return (f"the device on {port} did not identify as a {profile.model}: {exc} (connect "
                 "it and try again, or register it with --no-probe)")

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.calibration.gate import real_port
+from controller.device.idle import idle_variables
 from controller.device.link import DeviceLink, identify
 from controller.profiles.identity import IdentityError
 from controller.profiles.loader import ProfileError, resolve_profile, shipped_profile_paths
@@ -23,7 +24,7 @@ from controller.service.api_auth import Ctx, role
 from controller.service.api_devices import device_json
 from controller.service.api_sessions import slot_named
 from controller.service.auth import Login
-from controller.service.devices import DeviceSlot, watch_variables
+from controller.service.devices import DeviceSlot
 from controller.service.http_errors import ApiError
 from protocols.errors import ProtocolError
 
@@ -56,7 +57,7 @@ def register(body: NewDevice, ctx: Ctx, login: Technician) -> dict[str, object]:
     except ProtocolError as exc:
         raise ApiError(409, f"cannot open {body.port}: {exc}") from None
     try:
-        found = identify(link, watch_variables(loaded.profile)[0])
+        found = identify(link, idle_variables(loaded.profile)[0])
     except (ProtocolError, IdentityError) as exc:
         raise ApiError(409, f"the device on {body.port} did not identify as a "
                             f"{loaded.profile.model}: {exc}") from None

@@ -11,20 +11,18 @@ link (`borrow`); its `close()` hands it back instead of closing the port.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from controller.device.idle import idle_variables
 from controller.device.link import DeviceLink, identify
 from controller.profiles.identity import IdentityError
 from controller.profiles.model import Profile
 from controller.records.clinic_tables import DeviceRow
 from protocols.errors import ProtocolError
-from protocols.map_common import Scalar
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +32,9 @@ WATCH_PERIOD_S = 3.0
 
 # What a slot shows while no session runs on it.
 IDLE, ABSENT, FAULT, RELEASED = "idle", "absent", "fault", "released"
-TEMPLATE_NAME = re.compile(r"\{(\w+)\}")
 
 LinkOpener = Callable[[Profile, str], DeviceLink]
 Changed = Callable[["DeviceSlot"], None]
-
-
-def watch_variables(profile: Profile) -> list[dict[str, Scalar]]:
-    """The variable sets one look reads telemetry with: every allowed value of each
-    parameter the telemetry names (`{channel}`: each channel), else its default."""
-    names = sorted(set(TEMPLATE_NAME.findall(repr(profile.telemetry))) & set(profile.parameters))
-    choices: list[list[tuple[str, Scalar]]] = []
-    for name in names:
-        param = profile.parameters[name]
-        values = param.allowed or ([param.default] if isinstance(param.default, (int, float))
-                                   else [])
-        choices.append([(name, int(v) if param.type == "integer" else v) for v in values])
-    return [dict(combo) for combo in itertools.product(*choices)] or [{}]
 
 
 class BorrowedLink(DeviceLink):
@@ -152,7 +136,7 @@ class DeviceSlot:
         now = time.time()
         problem = ""
         identity: dict[str, str] = {}
-        for variables in watch_variables(profile):
+        for variables in idle_variables(profile):
             try:
                 found = identify(self._open(), variables)
             except IdentityError as exc:

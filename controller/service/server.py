@@ -28,6 +28,7 @@ from controller.clinic.reminders import Reminders
 from controller.service.app import create_app
 from controller.service.context import ServiceContext
 from controller.service.listen import Listen
+from controller.service.runs import STOP_WAIT_S, Run
 from controller.session.scheduling import every, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class ClinicServer(uvicorn.Server):
         self.ctx = ctx
         self.listen = listen
         self.exit_signal = ""
+        self.stopped: list[Run] = []
+        """The runs the signal handler posted a stop to (they may end before the server)."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.ctx.hub.bind(asyncio.get_running_loop())
@@ -82,6 +85,8 @@ class ClinicServer(uvicorn.Server):
         self.ctx.runs.accepting = False
         self.ctx.hub.close()
         for run in self.ctx.runs.active():
+            if run not in self.stopped:
+                self.stopped.append(run)
             run.session.request_stop("operator", emergency=again,
                                      reason=SHUTDOWN_REASON.format(signal=self.exit_signal))
         super().handle_exit(sig, frame)
@@ -118,7 +123,8 @@ def run_service(ctx: ServiceContext, listen: Listen, actor: str, warn_days: int)
         ctx.runs.accepting = False
         stopped = ctx.runs.stop_all(emergency=False, reason=SHUTDOWN_REASON.format(
             signal=server.exit_signal or "server ended"))
-        for run in stopped:
+        for run in [*server.stopped, *(r for r in stopped if r not in server.stopped)]:
+            run.done.wait(STOP_WAIT_S)
             report = run.session.report
             print(f"stopped session {run.id} on {run.slot.name}: "
                   f"{report.outcome if report else 'not confirmed'}", file=sys.stderr)
