@@ -8,7 +8,9 @@ the device's own measurement in what those operations read. No register or comma
 Safety bookkeeping: the device remembers whether service mode may be on and whether an output
 may be running *before* sending the command that could cause it (a lost reply must not hide
 it); `make_safe` then stops any output, confirms it off and leaves service mode, whatever
-happened before, and says what it could and could not confirm.
+happened before, and says what it could and could not confirm. Stopping and confirming an
+output are the device layer's, shared with the session (controller.device.stopping); this
+module keeps the per-channel bookkeeping and service mode around them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from controller.device.link import DeviceLink, expand
+from controller.device.stopping import command_stop, confirm_stopped, output_reads_on
 from controller.profiles.model import INTEGRAL_TYPES, Profile
 from protocols.errors import ProtocolError
 from protocols.map_common import Scalar
@@ -115,7 +118,7 @@ class CalibrationDevice:
         return self.link.has(op)
 
     def output_on(self, variables: Mapping[str, Scalar]) -> bool:
-        return bool(self.telemetry(variables).get("output_on"))
+        return output_reads_on(self.telemetry(variables))
 
     # -- calibration operations ------------------------------------------------------------
     def enter_service(self, variables: Mapping[str, Scalar]) -> None:
@@ -185,34 +188,21 @@ class CalibrationDevice:
         self.run("start", variables)
 
     def stop_output(self, channel: int | None) -> bool:
-        """Stop (emergency stop when the stop fails) and confirm the output reads off."""
+        """Stop at once (emergency stop when the stop fails) and confirm the output reads
+        off (controller.device.stopping)."""
         variables = self.output_may_be_on.get(channel)
         if variables is None:
             return True
-        stop_vars = {**variables, "ramp_down_s": 0.0}
-        try:
-            self.link.run("stop", stop_vars)
-        except ProtocolError:
-            try:
-                self.link.run("emergency_stop", stop_vars)
-            except ProtocolError:
-                return False
-        if self._confirm_off(stop_vars):
+        sent = command_stop(self.link, variables, emergency=False, immediate=True)
+        if sent.op is None:
+            return False
+        if confirm_stopped(self.link, variables,
+                           timeout_s=self.profile.safety.stop_confirm_timeout_s,
+                           clock=self.clock, pause=self.sleep, poll_s=STOP_CONFIRM_POLL_S,
+                           partial=True):
             del self.output_may_be_on[channel]
             return True
         return False
-
-    def _confirm_off(self, variables: Mapping[str, Scalar]) -> bool:
-        deadline = self.clock() + self.profile.safety.stop_confirm_timeout_s
-        while True:
-            try:
-                if not self.read_telemetry(variables).get("output_on"):
-                    return True
-            except ProtocolError:
-                pass
-            if self.clock() >= deadline:
-                return False
-            self.sleep(STOP_CONFIRM_POLL_S)
 
     # -- the safety net ----------------------------------------------------------------------
     def make_safe(self, channel_variables: Sequence[Mapping[str, Scalar]]) -> SafetyReport:
@@ -236,7 +226,7 @@ class CalibrationDevice:
                 report.output_off = False
                 report.notes.append(f"output state not confirmed: {exc}")
                 continue
-            if telemetry.get("output_on"):
+            if output_reads_on(telemetry):
                 report.output_off = False
                 report.notes.append("an output reads on after the procedure")
             if entered and any(telemetry.get(f) for f in SERVICE_FLAGS):

@@ -27,6 +27,7 @@ from controller.session.verdicts import (
     class_verdict,
     mismatch,
 )
+from protocols.map_framed import FramedMap
 
 Value = float | int | str
 FAULT, INTERLOCK = Outcome.FAULT, StopSource.INTERLOCK
@@ -150,6 +151,13 @@ class ModalityRules:
 
     def _interlocks(self, prescription: Prescription) -> dict[str, float]:
         return effective_interlocks(self.profile, list(prescription.regimes))
+
+    def _event_labels(self, names: tuple[str, ...]) -> list[str]:
+        """The profile's words for these events (its event kinds' labels), where it has them."""
+        events = self.profile.protocol.events if isinstance(self.profile.protocol, FramedMap) \
+            else None
+        kinds = {k.name: k for k in events.kinds.values()} if events is not None else {}
+        return [kinds[name].text(None) for name in names if name in kinds]
 
 
 class ThermalRules(ModalityRules):
@@ -282,12 +290,13 @@ class TensRules(ModalityRules):
         if t.get("channel_state") == "lead_off":
             return Verdict(FAULT, INTERLOCK, "lead off: the device stopped the channel")
         if t.get("patient_stop"):
-            return Verdict(Outcome.ABORTED, StopSource.PATIENT, "patient stop switch pressed")
+            words = self._event_labels((tens.PATIENT_STOP_EVENT,)) or [tens.PATIENT_STOP]
+            return Verdict(Outcome.ABORTED, StopSource.PATIENT, words[0])
         if t.get("watchdog_expired"):
             return class_verdict("link", "")
         if t.get("estop_latched"):
-            return Verdict(FAULT, INTERLOCK, "device e-stop latched (over-current or "
-                                             "patient stop)")
+            return Verdict(FAULT, INTERLOCK, tens.estop_reason(
+                [f.verdict().reason for f in faults], self._event_labels(tens.ESTOP_CAUSE_EVENTS)))
         if faults:
             return faults[0].verdict()
         if finite(t.get("remaining_s")) == 0:

@@ -25,6 +25,25 @@ IMPEDANCE = "impedance_ohm"
 # Channel states in which current flows; "lead_off" is the device's own stop.
 ON_STATES = frozenset({"ramping_up", "running", "ramping_down"})
 LEAD_OFF = "lead_off"
+# Event names (the modality's words for a profile's event kinds, docs/profiles.md) of the
+# device's own stops that latch its e-stop: the profile's labels for them word a latched
+# e-stop flag, which does not say which one it was.
+ESTOP_CAUSE_EVENTS = ("over_current", "patient_stop")
+PATIENT_STOP_EVENT = "patient_stop"
+ESTOP_LATCHED = "device e-stop latched"
+# The neutral words when the profile names no cause (and for the patient stop flag).
+ESTOP_NO_CAUSE = "cause not reported"
+PATIENT_STOP = "patient stop"
+
+
+def estop_reason(reported: list[str], possible: list[str]) -> str:
+    """A latched e-stop flag in words: the faults the device reports with it, else the
+    causes the profile words for it (its latching events), else a neutral text."""
+    if reported:
+        return f"{ESTOP_LATCHED} ({'; '.join(reported)})"
+    if possible:
+        return f"{ESTOP_LATCHED} (possible causes: {'; '.join(possible)})"
+    return f"{ESTOP_LATCHED} ({ESTOP_NO_CAUSE})"
 
 
 def charge_per_phase_uc(amplitude_ma: float, pulse_width_us: float) -> float:

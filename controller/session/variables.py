@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from controller.device.stopping import RAMP_DOWN
 from controller.modality.prescription import Prescription
 from controller.profiles.model import Profile
 from controller.session.timing import CONTROLLED_RAMP_DOWN_S
@@ -18,7 +19,6 @@ SessionVariables = dict[str, Scalar]
 
 WATCHDOG = "watchdog_s"
 TIMER = "timer_s"
-RAMP_DOWN = "ramp_down_s"
 RAMP_UP = "ramp_up_s"
 CHANNEL = "channel"
 CHANNEL_MASK = "channel_mask"
