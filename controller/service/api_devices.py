@@ -139,8 +139,8 @@ async def _stream(request: Request, ctx: Ctx, sub: Subscriber,
                     return
                 yield ": keep-alive\n\n"
                 continue
-            yield sse(event)
-            if event.get("kind") == CLOSING:
+            yield event.text
+            if event.kind == CLOSING:
                 return
     finally:
         ctx.hub.unsubscribe(sub)

@@ -33,9 +33,17 @@ CLOSING = "closing"
 
 @dataclass(eq=False)
 class Subscriber:
-    queue: asyncio.Queue[dict[str, object]] = field(
+    queue: asyncio.Queue[Message] = field(
         default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_MAX))
     dropped: bool = False
+
+
+@dataclass(frozen=True)
+class Message:
+    """One event, encoded once for every client (`text` is the SSE message)."""
+
+    kind: str
+    text: str
 
 
 class EventHub:
@@ -97,11 +105,14 @@ class EventHub:
     def _fan_out(self, event: dict[str, object]) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
+        if not subscribers:
+            return
+        message = Message(str(event["kind"]), sse(event))   # encoded once, not per client
         for sub in subscribers:
             if sub.dropped:
                 continue
             try:
-                sub.queue.put_nowait(event)
+                sub.queue.put_nowait(message)
             except asyncio.QueueFull:
                 sub.dropped = True
                 self.dropped_clients += 1
