@@ -62,7 +62,8 @@ def test_a_killed_service_leaves_the_watchdog_to_stop_and_is_marked_on_restart(
         alice = room.login("alice")
         sid = alice.ok("POST", "/api/sessions", {"device": "heat-1", "duration": "60s",
                                                  "settings": SETTINGS["heat-1"]})["id"]
-        assert room.output_on("heat-1")
+        assert wait_for(lambda: room.output_on("heat-1"), 2), \
+            alice.ok("GET", f"/api/sessions/{sid}")
         room.service.proc.kill()
         room.service.proc.wait(10)
         # Nobody polls now: the device's own watchdog (2 s in the HC-200 profile) stops it.
@@ -85,8 +86,7 @@ def test_a_killed_service_leaves_the_watchdog_to_stop_and_is_marked_on_restart(
         finally:
             again.stop()
     finally:
-        for sim in room.sims.values():
-            sim.stop()
+        room.close()      # the first service was killed; close() stops what is left
 
 
 def test_other_addresses_need_tls_or_an_explicit_insecure_flag(tmp_path: Path) -> None:

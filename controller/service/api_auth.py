@@ -10,7 +10,7 @@ in the readable `modctl_csrf` cookie) or an `Origin` header naming this service.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -29,7 +29,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 router = APIRouter(prefix="/api", tags=["accounts"])
 
 
-def context(request: Request) -> ServiceContext:
+async def context(request: Request) -> ServiceContext:
     ctx: ServiceContext = request.app.state.ctx
     return ctx
 
@@ -51,14 +51,19 @@ def _same_origin(request: Request) -> bool:
     if not origin:
         return False
     own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    allowed = (own, *context(request).options.allowed_origins)
+    ctx: ServiceContext = request.app.state.ctx
+    allowed = (own, *ctx.options.allowed_origins)
     return origin in allowed
 
 
-def authenticated(request: Request) -> Login:
-    """The caller's login; 401 without a valid token, 403 for a cross-site cookie request."""
+async def authenticated(request: Request) -> Login:
+    """The caller's login; 401 without a valid token, 403 for a cross-site cookie request.
+
+    `async`, so it runs on the event loop (one indexed read of the account) instead of
+    waiting for a worker thread: a stop request must not queue behind other requests."""
     token, by_cookie = _token(request)
-    login = context(request).auth.current(token) if token else None
+    ctx: ServiceContext = request.app.state.ctx
+    login = ctx.auth.current(token) if token else None
     if login is None:
         raise ApiError(401, "log in first (POST /api/login); a token expires after "
                             "inactivity and at logout")
@@ -74,10 +79,10 @@ def authenticated(request: Request) -> Login:
 Authenticated = Annotated[Login, Depends(authenticated)]
 
 
-def role(needed: Role, what: str) -> Callable[[Login], Login]:
+def role(needed: Role, what: str) -> Callable[[Login], Coroutine[None, None, Login]]:
     """A dependency: the caller's login when their account may do `what` (admin may do
     everything)."""
-    def check(login: Authenticated) -> Login:
+    async def check(login: Authenticated) -> Login:
         if not login.account.may(needed):
             raise ApiError(403, f"{login.account.name} is a {login.account.role}; only a "
                                 f"{needed} (or an admin) may {what}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
@@ -14,7 +15,7 @@ from controller.modality.limits import effective_bound
 from controller.profiles.model import DURATION
 from controller.service.api_auth import Authenticated, Ctx
 from controller.service.devices import DeviceSlot
-from controller.service.events import CLOSING, Subscriber, sse
+from controller.service.events import CLOSING, MAX_LAG_S, Subscriber, sse
 from controller.service.http_errors import ApiError
 from controller.service.runs import Run
 
@@ -23,18 +24,28 @@ router = APIRouter(prefix="/api", tags=["devices"])
 # A comment line on an idle stream this often keeps proxies from closing it and lets the
 # service notice a client that has gone.
 KEEPALIVE_S = 15.0
+# How long a device's calibration status is shown before the records are read again.
+CALIBRATION_CACHE_S = 30.0
 # Events sent in one write at most (a client that lags gets them in batches, in order).
 BATCH_MAX = 64
 
 
 def calibration_json(ctx: Ctx, slot: DeviceSlot) -> dict[str, object]:
+    """The device's calibration status for screens, read from the records at most every
+    CALIBRATION_CACHE_S (the gate at a start always reads the records afresh)."""
     profile = slot.profile
     if profile is None or profile.calibration is None:
         return {"required": False, "status": "not required", "next_due": None}
+    cached = slot.calibration_cache
+    if cached is not None and time.monotonic() - cached[0] < CALIBRATION_CACHE_S:
+        return cached[1]
     status = ctx.store.calibration_status(slot.name, clinic_time.now())
     due = status.next_due
-    return {"required": True, "status": "overdue" if status.overdue else "ok",
-            "reason": status.reason, "next_due": str(due) if due is not None else None}
+    shown: dict[str, object] = {
+        "required": True, "status": "overdue" if status.overdue else "ok",
+        "reason": status.reason, "next_due": str(due) if due is not None else None}
+    slot.calibration_cache = (time.monotonic(), shown)
+    return shown
 
 
 def device_json(ctx: Ctx, slot: DeviceSlot) -> dict[str, object]:
@@ -143,6 +154,12 @@ async def _stream(request: Request, ctx: Ctx, sub: Subscriber,
                 continue
             # What else is waiting goes in the same write: one send per wake-up, not per
             # event (at 32 sessions x 5 polls/s the per-write cost is what loads the loop).
+            if time.monotonic() - event.at > MAX_LAG_S:
+                ctx.hub.dropped_clients += 1
+                yield sse({"seq": 0, "kind": "dropped",
+                           "data": {"reason": f"this client fell more than {MAX_LAG_S:g} s "
+                                              "behind; reconnect"}})
+                return
             batch = [event]
             while len(batch) < BATCH_MAX and not sub.queue.empty():
                 batch.append(sub.queue.get_nowait())

@@ -9,6 +9,7 @@ stop or e-stop anything.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated
 
@@ -29,7 +30,7 @@ from controller.service.api_auth import Authenticated, Ctx, role
 from controller.service.auth import Login
 from controller.service.devices import DeviceSlot
 from controller.service.http_errors import ApiError
-from controller.service.runs import Run, StartRefused
+from controller.service.runs import STOP_WAIT_S, Run, StartRefused
 from controller.session.report import SessionReport
 
 router = APIRouter(prefix="/api", tags=["sessions"])
@@ -191,25 +192,43 @@ def _stopped(run: Run, report: SessionReport | None, response: Response) -> dict
     return report_json(report)
 
 
+# Stops are `async`: the stop is posted from the event loop the moment the request is
+# read, without waiting for a free worker thread (under a flood of requests that wait was
+# the largest part of an operator stop); only the wait for the confirmation goes to a thread.
 @router.post("/sessions/{session_id}/stop")
-def stop_session(session_id: str, ctx: Ctx, login: Authenticated,
-                 response: Response) -> dict[str, object]:
-    run = _run_or_404(ctx, session_id)
-    return _stopped(run, ctx.runs.stop(run, emergency=False, by=login.account.name), response)
+async def stop_session(session_id: str, ctx: Ctx, login: Authenticated,
+                       response: Response) -> dict[str, object]:
+    return await _stop(ctx, session_id, login, response, emergency=False)
 
 
 @router.post("/sessions/{session_id}/estop")
-def estop_session(session_id: str, ctx: Ctx, login: Authenticated,
-                  response: Response) -> dict[str, object]:
-    run = _run_or_404(ctx, session_id)
-    return _stopped(run, ctx.runs.stop(run, emergency=True, by=login.account.name), response)
+async def estop_session(session_id: str, ctx: Ctx, login: Authenticated,
+                        response: Response) -> dict[str, object]:
+    return await _stop(ctx, session_id, login, response, emergency=True)
+
+
+async def _stop(ctx: Ctx, session_id: str, login: Login, response: Response, *,
+                emergency: bool) -> dict[str, object]:
+    found = ctx.runs.get(session_id)
+    if isinstance(found, Run):
+        ctx.runs.post_stop(found, emergency=emergency, by=login.account.name)
+        report = await asyncio.to_thread(found.session.wait, STOP_WAIT_S)
+        return _stopped(found, report, response)
+    await asyncio.to_thread(_run_or_404, ctx, session_id)    # says why: ended or unknown
+    raise AssertionError("unreachable")
 
 
 @router.post("/estop")
-def estop_all(ctx: Ctx, login: Authenticated) -> dict[str, object]:
-    """Every running output of this service, in one request."""
-    runs = ctx.runs.stop_all(emergency=True, reason=f"operator emergency stop of every "
-                             f"output by {login.account.name} (clinic service)")
+async def estop_all(ctx: Ctx, login: Authenticated) -> dict[str, object]:
+    """Every running output of this service, in one request: every stop is posted from the
+    event loop before anything waits."""
+    runs = ctx.runs.post_stop_all(emergency=True, reason=f"operator emergency stop of every "
+                                  f"output by {login.account.name} (clinic service)")
+    return await asyncio.to_thread(_estopped, ctx, login, runs)
+
+
+def _estopped(ctx: Ctx, login: Login, runs: list[Run]) -> dict[str, object]:
+    ctx.runs.wait_all(runs)
     ctx.store.audit(login.account.name, "service.estop_all", "all",
                     {"sessions": [r.id for r in runs]})
     out = []

@@ -17,6 +17,7 @@ from controller.service import (
     api_technician,
     http_errors,
 )
+from controller.service.console import pages as console
 from controller.service.context import ServiceContext
 
 API_VERSION = "1"
@@ -30,5 +31,6 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     for module in (api_auth, api_devices, api_technician, api_sessions, api_plans,
                    api_clinic):
         app.include_router(module.router)
+    console.install(app)
     app.add_middleware(http_errors.BodyLimit)
     return app

@@ -76,6 +76,8 @@ class DeviceSlot:
         """The run using the device (set by the runs manager under `lock`)."""
         self.watch = Watch(problem="not looked at yet")
         self.released_by = ""
+        self.calibration_cache: tuple[float, dict[str, object]] | None = None
+        """(monotonic time, status) as screens last saw it (controller/service/api_devices)."""
         """The technician who released the port to a CLI tool (calibration), or ""."""
 
     # -- the link -------------------------------------------------------------------------
@@ -110,8 +112,10 @@ class DeviceSlot:
                                  "service", {}, time.time()))
 
     def hold(self) -> None:
-        """Take the port back; the next look opens it (refused while a CLI holds it)."""
+        """Take the port back; the next look opens it (refused while a CLI holds it). A
+        technician may have calibrated it meanwhile: its status is read again."""
         self.released_by = ""
+        self.calibration_cache = None
 
     def look(self) -> None:
         """Identify the device if it is idle (skipped while a session holds it)."""

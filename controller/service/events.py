@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 CLIENT_QUEUE_MAX = 256
 # At most this many live-stream clients at once (each holds a queue and a connection).
 MAX_CLIENTS = 64
+# A client whose next event is older than this is dropped, however few events it lags
+# behind: a socket's kernel buffers hold megabytes, so a slow reader can fall minutes behind
+# before its queue fills. A screen that far behind shows a room that no longer exists.
+MAX_LAG_S = 5.0
 # The last event of every stream when the service shuts down.
 CLOSING = "closing"
 
@@ -44,6 +48,8 @@ class Message:
 
     kind: str
     text: str
+    at: float = field(default_factory=time.monotonic)
+    """When it was queued: a client still being sent it `MAX_LAG_S` later is dropped."""
 
 
 class EventHub:

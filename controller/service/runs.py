@@ -22,6 +22,7 @@ from datetime import datetime
 from controller.modality.prescription import Prescription
 from controller.records.store import RecordStore
 from controller.service.devices import DeviceSlot
+from controller.session.machine import ACTIVE_OUTPUT
 from controller.session.report import SessionReport, Snapshot, plain
 from controller.session.service import ClinicRules, SessionStarter
 from controller.session.worker import Session
@@ -39,8 +40,9 @@ START_WAIT_S = 10.0
 # answers 202 (still stopping) instead of the final report.
 STOP_WAIT_S = 5.0
 # Final reports kept in memory for `GET /api/sessions/{id}` (older ones come from the
-# records, which hold the same facts without the timeline's replies).
-RECENT_REPORTS = 500
+# records, which hold the same facts). Few: every object kept lengthens the full garbage
+# collections that pause every thread, stops included.
+RECENT_REPORTS = 50
 # The states a screen shows for a device while its session is on (the worker's states
 # folded into the words of the API).
 DEVICE_STATE = {"connecting": "arming", "identifying": "arming", "arming": "arming",
@@ -164,7 +166,7 @@ class Runs:
         deadline = time.monotonic() + START_WAIT_S
         session = run.session
         while time.monotonic() < deadline and not run.done.is_set():
-            if session.session_id and session.t_start is not None:
+            if session.session_id and str(session.state.state) in ACTIVE_OUTPUT:
                 break
             run.done.wait(0.01)
         report = session.report
@@ -243,20 +245,34 @@ class Runs:
             return self._reports.get(session_id)
 
     # -- stop -------------------------------------------------------------------------------
-    def stop(self, run: Run, *, emergency: bool, by: str) -> SessionReport | None:
-        """Post the stop and wait (up to STOP_WAIT_S) for its confirmed end."""
+    def post_stop(self, run: Run, *, emergency: bool, by: str) -> None:
+        """Post the stop to the session's mailbox; returns at once (safe on the event loop)."""
         kind = "emergency stop" if emergency else "stop"
         run.session.request_stop("operator", emergency=emergency,
                                  reason=f"operator {kind} by {by} (clinic service)")
+
+    def stop(self, run: Run, *, emergency: bool, by: str) -> SessionReport | None:
+        """Post the stop and wait (up to STOP_WAIT_S) for its confirmed end."""
+        self.post_stop(run, emergency=emergency, by=by)
         return run.session.wait(STOP_WAIT_S)
+
+    def post_stop_all(self, *, emergency: bool, reason: str) -> list[Run]:
+        """Post a stop to every running session; returns at once with them."""
+        runs = self.active()
+        for run in runs:
+            run.session.request_stop("operator", emergency=emergency, reason=reason)
+        return runs
+
+    @staticmethod
+    def wait_all(runs: list[Run]) -> None:
+        """Wait (up to STOP_WAIT_S in all) for every one of `runs` to end."""
+        deadline = time.monotonic() + STOP_WAIT_S
+        for run in runs:
+            run.session.wait(max(0.0, deadline - time.monotonic()))
 
     def stop_all(self, *, emergency: bool, reason: str) -> list[Run]:
         """Post a stop to every running session first, then wait for them all: one slow
         device never delays the stop of another."""
-        runs = self.active()
-        for run in runs:
-            run.session.request_stop("operator", emergency=emergency, reason=reason)
-        deadline = time.monotonic() + STOP_WAIT_S
-        for run in runs:
-            run.session.wait(max(0.0, deadline - time.monotonic()))
+        runs = self.post_stop_all(emergency=emergency, reason=reason)
+        self.wait_all(runs)
         return runs

@@ -109,9 +109,18 @@ class Service:
         return Client(self.base)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the service and wait for it; one that does not end is killed (a leaked
+        service would keep its ports locked for later tests) and the test fails."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            said = "\n".join(self.lines)
+            raise AssertionError(f"modctl serve did not end within {timeout} s of "
+                                 f"{signal.Signals(sig).name}:\n{said}") from None
 
 
 def start_service(db: Path, *args: str, env: Mapping[str, str] | None = None) -> Service:

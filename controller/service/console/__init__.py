@@ -1,0 +1,1 @@
+"""The clinicians' web console served by `modctl serve` at `/` (docs/console.md)."""
