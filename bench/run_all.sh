@@ -2,7 +2,7 @@
 # Every benchmark in turn, as quoted in docs/performance.md. Raw JSON goes to
 # bench/results/<name>.json, the one-line summaries to bench/results/SUMMARY.txt,
 # progress lines to bench/results/<name>.log.
-#   sh bench/run_all.sh            # full settings (about 55 minutes, plus the soak)
+#   sh bench/run_all.sh            # full settings (about 65 minutes, plus the soak)
 #   QUICK=--quick sh bench/run_all.sh
 #   SOAK_MINUTES=0 sh bench/run_all.sh   # skip the soak
 #   ONLY="stop_error scale" sh bench/run_all.sh   # some of them
@@ -37,6 +37,9 @@ run operator_stop operator_stop.py
 run stop_error_slow stop_error.py --slow
 run operator_stop_slow operator_stop.py --slow
 run scale scale.py
+# The clinic service (issue 12): `modctl serve` on 32 devices, 20 live streams, a GET flood.
+run service_load service_load.py
+run service_estop service_estop.py
 if [ "$SOAK_MINUTES" != 0 ]; then
     if [ -n "$QUICK" ]; then run soak soak.py; else run soak soak.py --minutes "$SOAK_MINUTES"; fi
 fi

@@ -30,6 +30,10 @@ from typing import Any, Protocol
 from simulator.model_base import OutputChange
 
 Spec = tuple[str, dict[str, Any]]     # (profile id, FaultPlan keyword arguments)
+# A worker that runs a tick this late (or later) has stalled: its moment is kept (`stalls`),
+# so that a late device answer can be laid beside it. Half the HC-200's and ES-4's manual
+# reply limit (20 ms).
+STALL_S = 0.010
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,8 @@ def _worker(conn: Connection, tick_s: float) -> None:
     next_tick = time.monotonic()
     # How late the worker got round to each due tick: the simulator's own stalls.
     late_ticks: list[float] = []
+    # The long ones with their moment (due tick, lateness): a device answers late in them.
+    stalls: list[tuple[float, float]] = []
 
     def create(pid: str, faults: dict[str, Any]) -> tuple[int, str]:
         nonlocal next_key
@@ -130,6 +136,9 @@ def _worker(conn: Connection, tick_s: float) -> None:
             elif op == "stats":
                 conn.send(("ok", list(late_ticks)))
                 late_ticks.clear()
+            elif op == "stalls":
+                conn.send(("ok", list(stalls)))
+                stalls.clear()
             elif op == "quit":
                 for key in list(servers):
                     release(key)
@@ -164,6 +173,8 @@ def _worker(conn: Connection, tick_s: float) -> None:
         if now >= next_tick:
             if servers and len(late_ticks) < 1_000_000:
                 late_ticks.append(now - next_tick)
+            if servers and now - next_tick >= STALL_S and len(stalls) < 100_000:
+                stalls.append((next_tick, now - next_tick))
             for srv in servers.values():
                 if id(srv) not in stepped:
                     _step(srv, False, now)
@@ -258,6 +269,14 @@ class ProcessFarm:
         for w in range(len(self._conns)):
             out.extend(self._call(w, "stats"))
         return out
+
+    def stalls(self) -> list[tuple[float, float]]:
+        """(due tick, lateness) of every tick a worker ran `STALL_S` or more late since the
+        last call: the moments its devices could not answer on time."""
+        out: list[tuple[float, float]] = []
+        for w in range(len(self._conns)):
+            out.extend(tuple(x) for x in self._call(w, "stalls"))
+        return sorted(out)
 
     def cpu_s(self) -> float:
         """CPU seconds used by the live workers so far."""
