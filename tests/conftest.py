@@ -1,8 +1,9 @@
-"""Shared fixtures: simulated devices on real pseudo-terminals."""
+"""Shared fixtures: simulated devices on real pseudo-terminals; how xdist shares the tests."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,3 +33,11 @@ def sim_device() -> Iterator[SimFactory]:
     yield start
     for device in started:
         device.stop()
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` with the groups of tests/support/scheduling.py (a file each)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None                    # another --dist given on the command line: xdist's own
+    from tests.support.scheduling import FileGroupScheduling
+    return FileGroupScheduling(config, log)

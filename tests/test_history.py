@@ -190,6 +190,19 @@ def test_history_json(store: RecordStore, filled: dict[str, str]) -> None:
     assert data["totals"]["tens"]["sessions"] == 2
 
 
+def test_history_entries_carry_patient_operator_times_and_device(store: RecordStore) -> None:
+    sid = record_session(store, "P-7", "ultrasound", US_CONT, close=False)
+    store.set_session_identity(sid, {"model": "US-300", "serial": "=SN1", "firmware": 2})
+    store.close_session(sid, "completed", "done", "controller", 300.0, US_CONT)
+    entry = json.loads(history_json(patient_history(store, "P-7")))["sessions"][0]
+    assert entry["patient"] == "P-7" and entry["operator"] == "carol"
+    assert entry["started_at"] < entry["ended_at"]
+    assert entry["device_serial"] == "=SN1"
+    assert entry["device"] == {"model": "US-300", "serial": "=SN1", "firmware": "2"}
+    row = next(csv.DictReader(io.StringIO(history_csv(patient_history(store, "P-7")))))
+    assert row["device_serial"] == "'=SN1"  # a typed-looking cell never runs as a formula
+
+
 def test_history_csv_rows_then_totals(store: RecordStore, filled: dict[str, str]) -> None:
     rows = list(csv.DictReader(io.StringIO(history_csv(patient_history(store, "P-1")))))
     assert [r["row"] for r in rows] == ["session"] * 6 + ["total"] * 3

@@ -1,4 +1,4 @@
-"""`modctl records list | show | export | verify`."""
+"""`modctl records list | show | export | verify` (notes: test_notes; FHIR: test_fhir)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sqlite3
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,50 @@ def test_show_prints_the_events_timeline(db: Path, capsys: pytest.CaptureFixture
     assert sid in out and "energy_j" in out and "events (2)" in out
     lines = out.splitlines()
     assert "+   61.500s" in lines[-1] and "fault" in lines[-1] and "applicator hot" in lines[-1]
+
+
+def test_show_speaks_clinical_language_first(db: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    sid = session_ids(db)[0]  # P-2: a fault
+    assert run("show", sid, "--db", str(db)) == 0
+    lines = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "Therapeutic ultrasound" in lines["therapy"]
+    assert "Duty cycle 20 % (pulsed), intensity 1.5 W/cm², treatment time 5 min" in \
+        lines["prescription"]
+    assert "Generic Therapy Devices US-300, serial not reported (port /dev/pts/4)" in \
+        lines["device"]
+    assert "Stopped by a fault: done. The output was ended by the timer." in lines["outcome"]
+    assert "61.5 s of 5 min planned" in lines["delivered"]
+    assert "Acoustic energy 450 J" in lines["dose"]
+    assert "notes (0)" in lines
+
+
+def test_show_json_carries_the_record_and_its_clinical_summary(
+        db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sid = session_ids(db)[1]
+    with RecordStore(db) as store:
+        store.add_note(sid, actor="carol", pain_before=4)
+    assert run("show", sid, "--json", "--db", str(db)) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["session"]["id"] == sid and len(data["session"]["events"]) == 2
+    clinical = data["clinical"]
+    assert clinical["patient"] == "P-1" and clinical["operator"] == "carol"
+    assert clinical["started_at"] == data["session"]["started_at"] and clinical["ended_at"]
+    assert clinical["device"]["model"] == "US-300" and clinical["device_serial"] == ""
+    assert clinical["outcome"].startswith("Completed as planned")
+    assert clinical["dose"]["energy_j"] == {"label": "Acoustic energy", "value": 450.0,
+                                            "unit": "J"}
+    assert [n["pain_before"] for n in data["notes"]] == [4]
+
+
+def test_export_since_a_day(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    today = datetime.now().astimezone().date()
+    assert run("export", "--since", today.isoformat(), "--db", str(db)) == 0
+    assert len(json.loads(capsys.readouterr().out)["sessions"]) == 2
+    tomorrow = today + timedelta(days=1)
+    assert run("export", "--format", "csv", "--since", tomorrow.isoformat(),
+               "--db", str(db)) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1  # the header only
 
 
 def test_show_unknown_session(db: Path, capsys: pytest.CaptureFixture[str]) -> None:

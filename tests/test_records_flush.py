@@ -198,6 +198,10 @@ def test_a_scheduled_flush_that_fails_prints_no_traceback(tmp_path: Path, job: s
     failures, kept = (int(x) for x in done.stdout.split())
     assert failures >= 1 and kept == 8  # it failed, was heard, and nothing was dropped
     if job == "flush_quietly":
-        assert done.stderr == ""
+        # Nothing printed but, on a loaded machine, the scheduler's own note that a run was
+        # skipped because the one before it (a failing fsync) had not finished.
+        printed = [line for line in done.stderr.splitlines()
+                   if "maximum number of running instances reached" not in line]
+        assert printed == [], done.stderr
     else:  # the bare method as a job: APScheduler prints the traceback (why the other exists)
         assert "Traceback" in done.stderr

@@ -289,7 +289,7 @@ def test_a_schema_2_database_is_upgraded_with_a_baseline(tmp_path: Path) -> None
             "SELECT detail FROM audit WHERE action = 'records.baseline'")]
         assert baseline["from_schema"] == 2 and sid in baseline["sessions"]
     version = raw(path).execute("SELECT version FROM schema_version").fetchone()[0]
-    assert version == records.SCHEMA_VERSION == 4
+    assert version == records.SCHEMA_VERSION == 5
     for sql, table in (("UPDATE events SET detail = '{\"x\":1}' WHERE seq = 1", "events"),
                        ("UPDATE samples SET data = '{\"pad_c\":39.0}' WHERE batch IS NULL",
                         "samples"),

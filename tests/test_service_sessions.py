@@ -230,3 +230,16 @@ def test_a_cli_session_on_a_device_the_service_holds_is_refused(room: Room,
     assert proc.returncode == 3, said
     assert "in use by another controller" in said and "serve" in said
     assert "Traceback" not in said
+
+
+def test_notes_on_a_session(room: Room, alice: Client) -> None:
+    sid = alice.ok("GET", "/api/sessions?limit=1")["sessions"][0]["id"]
+    made = alice.ok("POST", f"/api/sessions/{sid}/notes", {
+        "body_site": "left knee", "pain_before": 6, "pain_after": 3, "text": "tolerated well"})
+    assert made["pain_after"] == 3
+    status, got = alice.call("POST", f"/api/sessions/{sid}/notes", {"pain_before": 11})
+    assert status == 422 and "pain" in got["error"]
+    status, _ = room.login("tom").call("POST", f"/api/sessions/{sid}/notes", {"text": "x"})
+    assert status == 403
+    assert [n["body_site"] for n in alice.ok("GET", f"/api/sessions/{sid}/notes")["notes"]] \
+        == ["left knee"]

@@ -12,23 +12,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from controller.cli.common import EXIT_INVALID, EXIT_OK, error
+from controller.clinic.roles import RolesError, load_roles
+from controller.records.clinical import (
+    OUTCOME_WORDS,
+    duration_text,
+    local_time,
+    local_zone,
+    modality_name,
+    therapy_name,
+)
+from controller.records.dose_text import dose_lines
 from controller.records.history import (
-    DOSE_FIGURES,
-    HistoryEntry,
     PatientHistory,
-    format_number,
     history_csv,
     history_json,
     patient_history,
     session_samples,
 )
 from controller.records.html_report import ReportError, render_html
+from controller.records.report_pdf import PdfError, html_to_pdf
 from controller.records.store import RecordStore
 
 # As in records_cmd: unreadable records, or a report that cannot be made or written.
 EXIT_RECORDS = EXIT_INVALID
-REPORT_NAME = "session-{session_id}.html"
 STDOUT = "-"
+PDF_SUFFIX = ".pdf"
 FORMATS = ("table", "json", "csv")
 
 Command = Callable[[RecordStore, argparse.Namespace], int]
@@ -50,14 +58,20 @@ def register(rs: argparse._SubParsersAction[argparse.ArgumentParser],
                           "row per modality")
     pat.set_defaults(run=command(_patient), fmt=FORMATS[0])
     rep = rs.add_parser(
-        "report", parents=list(parents), help="a printable HTML report of one session",
-        description="Write a printable, self-contained HTML report of one session (a unique "
-                    "id prefix is enough), with a chart of the main measured quantity over "
-                    "time. The chart needs matplotlib: install modctl[report].")
+        "report", parents=list(parents), help="a printable report of one session (A4)",
+        description="Write the printable, self-contained report of one session (a unique id "
+                    "prefix is enough): one A4 page a clinician files, with the clinic's name "
+                    "and address (roles file, clinic settings), the prescription, the outcome, "
+                    "the dose and what it means, a chart, the clinical notes and lines for a "
+                    "signature. HTML to stdout unless --out names a file; a FILE.pdf is printed "
+                    "by Chromium when it is installed.")
     rep.add_argument("session_id", metavar="ID")
-    rep.add_argument("--out", metavar="FILE.html",
-                     help=f"where to write it (default {REPORT_NAME.format(session_id='ID')} "
-                          f"in the current directory; '{STDOUT}' for stdout)")
+    rep.add_argument("--out", metavar="FILE",
+                     help=f"write to FILE (.html, or .pdf when Chromium is installed) instead "
+                          f"of stdout ('{STDOUT}': stdout)")
+    rep.add_argument("--detail", action="store_true",
+                     help="add an appendix page: the limits each value was checked against, "
+                          "the event timeline and the raw record")
     rep.set_defaults(run=command(_report))
 
 
@@ -79,17 +93,20 @@ def _print_history(history: PatientHistory) -> None:
     if not entries:
         print(f"no sessions for patient {history.patient}")
         return
+    zone = local_zone()
     print(f"patient {history.patient}: {len(entries)} session{'s' * (len(entries) != 1)}, "
-          f"{_when(entries[0].started_at)} to {_when(entries[-1].started_at)} (UTC)\n")
-    _print_table(("STARTED (UTC)", "SESSION", "MODALITY", "PROFILE", "OUTCOME", "DELIVERED",
+          f"{_when(entries[0].started_at)} to {_when(entries[-1].started_at)} ({zone})\n")
+    _print_table((f"STARTED ({zone})", "SESSION", "THERAPY", "DEVICE", "OUTCOME", "DELIVERED",
                   "DOSE"),
-                 [(_when(e.started_at), e.session_id, _modality(e), e.profile,
-                   e.outcome or e.status, _secs(e.delivered_s),
-                   _dose(e.modality, e.figures)) for e in entries])
+                 [(_when(e.started_at), e.session_id,
+                   therapy_name({"modality": e.modality, "regimes": list(e.regimes)}),
+                   f"{e.profile} #{e.device_serial or '?'}",
+                   _outcome(e.outcome or e.status), duration_text(e.delivered_s),
+                   _dose(e.modality, e.regimes, e.figures)) for e in entries])
     print("\ntotals")
-    _print_table(("MODALITY", "SESSIONS", "DELIVERED", "DOSE"),
-                 [(t.modality, str(t.sessions), _secs(t.delivered_s),
-                   _dose(t.modality, t.figures)) for t in history.totals])
+    _print_table(("THERAPY", "SESSIONS", "DELIVERED", "DOSE"),
+                 [(modality_name(t.modality), str(t.sessions), duration_text(t.delivered_s),
+                   _dose(t.modality, (), t.figures)) for t in history.totals])
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -99,22 +116,20 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _modality(e: HistoryEntry) -> str:
-    return f"{e.modality} ({', '.join(e.regimes)})" if e.regimes else e.modality
+def _outcome(outcome: str) -> str:
+    """The outcome's first words (`Completed as planned`, `Stopped early`)."""
+    return OUTCOME_WORDS.get(outcome, outcome).split(":")[0]
 
 
-def _dose(modality: str, figures: dict[str, float]) -> str:
-    parts = [f"{f.label} {format_number(figures[f.key])} {f.unit}"
-             for f in DOSE_FIGURES.get(modality, ()) if f.key in figures]
-    return ", ".join(parts) or "-"
+def _dose(modality: str, regimes: Sequence[str], figures: dict[str, float]) -> str:
+    lines = dose_lines({"modality": modality, "regimes": list(regimes)}, figures)
+    return ", ".join(f"{d.label} {d.text()}" for d in lines) or "-"
 
 
 def _when(iso: str) -> str:
-    return iso[:19].replace("T", " ")
-
-
-def _secs(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}s"
+    """A record's UTC time in the clinic's time zone, without the zone's name (it heads the
+    column)."""
+    return local_time(iso).rsplit(" ", 1)[0]
 
 
 # -- records report ---------------------------------------------------------------------------
@@ -125,16 +140,24 @@ def _report(store: RecordStore, args: argparse.Namespace) -> int:
         error(f"no session {args.session_id} in {store.path}")
         return EXIT_RECORDS
     try:
-        text = render_html(session, session_samples(store, session.id))
-    except ReportError as exc:
+        clinic = load_roles().clinic
+        text = render_html(session, session_samples(store, session.id), clinic=clinic,
+                           notes=store.notes(session.id), detail=args.detail)
+    except (ReportError, RolesError) as exc:
         error(str(exc))
         return EXIT_RECORDS
-    out = args.out or REPORT_NAME.format(session_id=session.id)
+    out = args.out or STDOUT
     if out == STDOUT:
         sys.stdout.write(text)
         return EXIT_OK
     try:
-        Path(out).write_text(text, encoding="utf-8")
+        if out.lower().endswith(PDF_SUFFIX):
+            html_to_pdf(text, Path(out))
+        else:
+            Path(out).write_text(text, encoding="utf-8")
+    except PdfError as exc:
+        error(str(exc))
+        return EXIT_RECORDS
     except OSError as exc:
         error(f"cannot write {out}: {exc.strerror or exc}")
         return EXIT_RECORDS

@@ -1,5 +1,6 @@
-"""`modctl records list | show | export | verify | patient | report`: read the session records
-database (`patient` and `report` live in `history_cmd`)."""
+"""`modctl records list | show | export | verify | note | patient | report`: the session records
+database (`patient` and `report` live in `history_cmd`). Every command only reads, except
+`note`, which adds a clinician's note to a session (audited)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,36 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
 from controller.cli import history_cmd
-from controller.cli.common import EXIT_INVALID, EXIT_OK, error
-from controller.records.history import export_patient_json
-from controller.records.store import DB_ENV, RecordsError, RecordStore, SessionRow, default_db_path
+from controller.cli.common import EXIT_INVALID, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, error
+from controller.clinic.clock import TimeError, parse_day
+from controller.clinic.roles import RoleRefused, RolesError, load_roles
+from controller.records.clinical import (
+    delivered_text,
+    device_info,
+    local_time,
+    outcome_sentence,
+    prescription_summary,
+    stop_confirmation,
+    therapy_name,
+)
+from controller.records.dose_text import dose_lines, dose_meaning
+from controller.records.export import export_sessions
+from controller.records.fhir import fhir_json
+from controller.records.history import patient_export_json
+from controller.records.notes_table import NOTE_FIELDS, PAIN_MAX, PAIN_MIN, NoteRow
+from controller.records.store import (
+    DB_ENV,
+    NoteError,
+    RecordsError,
+    RecordStore,
+    SessionRow,
+    default_db_path,
+)
 
 DEFAULT_LIST_LIMIT = 50
 # A database that cannot be read and a broken audit trail both exit 1: the records can't be trusted.
@@ -42,19 +66,46 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.add_argument("--profile", metavar="PROFILE", help="only sessions with this profile id")
     ls.set_defaults(run=_command(_list))
     show = rs.add_parser("show", parents=[db], help="one session and its events timeline",
-                         description="Show one session (a unique id prefix is enough) and "
-                                     "its events.")
+                         description="Show one session (a unique id prefix is enough) in "
+                                     "clinical words, its notes, then its events.")
     show.add_argument("session_id", metavar="ID")
+    show.add_argument("--json", action="store_true",
+                      help="print the session record, its clinical summary and notes as JSON")
     show.set_defaults(run=_command(_show))
-    exp = rs.add_parser("export", parents=[db], help="sessions as JSON or CSV",
-                        description="Export sessions: JSON with their events, or CSV with one "
-                                    "row per session and the dose figures as columns.")
-    exp.add_argument("--format", choices=("json", "csv"), default="json", dest="fmt")
+    exp = rs.add_parser("export", parents=[db], help="sessions as JSON, CSV or FHIR R4",
+                        description="Export sessions, oldest first: JSON with their events, "
+                                    "CSV with one row per session and the dose figures as "
+                                    "columns, or a FHIR R4 Bundle (Procedure, Device and "
+                                    "Observation resources; docs/records.md).")
+    exp.add_argument("--format", choices=("json", "csv", "fhir"), default="json", dest="fmt")
     exp.add_argument("--patient", metavar="ID",
                      help="only this patient's sessions; JSON then also holds the patient's "
                           "history with totals per modality")
+    exp.add_argument("--since", metavar="YYYY-MM-DD", type=_since_day,
+                     help="only sessions started on or after this day (the clinic's local "
+                          "time)")
     exp.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     exp.set_defaults(run=_command(_export))
+    note = rs.add_parser(
+        "note", parents=[db], help="add a clinical note to a session",
+        description="Record a clinician's note on a session (a unique id prefix is enough): "
+                    "body site, skin check before and after, pain score before and after "
+                    f"({PAIN_MIN}-{PAIN_MAX}), free text. Notes are never changed: a correction "
+                    "is a new note. Audited; needs the clinician role when roles are "
+                    "enforced.")
+    note.add_argument("session_id", metavar="ID")
+    note.add_argument("--body-site", metavar="TEXT", help="where the treatment was applied")
+    note.add_argument("--skin-before", metavar="TEXT", help="skin check before the treatment")
+    note.add_argument("--skin-after", metavar="TEXT", help="skin check after the treatment")
+    note.add_argument("--pain-before", metavar="N", type=_pain_score,
+                      help=f"pain score before ({PAIN_MIN}-{PAIN_MAX})")
+    note.add_argument("--pain-after", metavar="N", type=_pain_score,
+                      help=f"pain score after ({PAIN_MIN}-{PAIN_MAX})")
+    note.add_argument("--text", metavar="TEXT", default="", help="free text")
+    note.add_argument("--operator", default="", metavar="NAME",
+                      help="who records the note (default: the roles file's default_operator, "
+                           "else $USER)")
+    note.set_defaults(run=_command(_note))
     ver = rs.add_parser("verify", parents=[db],
                         help="check the records against the audit trail's hash chain",
                         description="Check the audit trail's hash chain and every session, "
@@ -75,6 +126,21 @@ def _head_hash(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a chain head (64 hexadecimal digits, "
                                          "as printed by records verify)")
     return text.lower()
+
+
+def _pain_score(text: str) -> int:
+    # ASCII digits only: int() also takes other scripts' digits.
+    if not (text.isascii() and text.isdigit()) or not PAIN_MIN <= int(text) <= PAIN_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pain score: give a whole number "
+                                         f"from {PAIN_MIN} to {PAIN_MAX}")
+    return int(text)
+
+
+def _since_day(text: str) -> date:
+    try:
+        return parse_day(text, "--since")
+    except TimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--since ")) from None
 
 
 def _positive_int(text: str) -> int:
@@ -119,26 +185,56 @@ def _show(store: RecordStore, args: argparse.Namespace) -> int:
     if s is None:
         error(f"no session {args.session_id} in {store.path}")
         return EXIT_RECORDS
-    _print_session(s)
+    notes = store.notes(s.id)
+    if args.json:
+        print(json.dumps({"session": s.to_json(), "clinical": clinical_summary(s),
+                          "notes": [n.to_json() for n in notes]}, indent=2,
+                         ensure_ascii=False))
+    else:
+        _print_session(s, notes)
     return EXIT_OK
 
 
-def _print_session(s: SessionRow) -> None:
+def clinical_summary(s: SessionRow) -> dict[str, Any]:
+    """The session in clinical words (what `records show` prints first), for programs."""
+    return {"patient": s.patient, "operator": s.operator, "therapy": therapy_name(
+                s.prescription, s.dose),
+            "started_at": s.started_at, "ended_at": s.ended_at,
+            "started_local": local_time(s.started_at), "ended_local": local_time(s.ended_at),
+            "device": device_info(s).to_json(), "device_serial": device_info(s).serial,
+            "prescription": prescription_summary(s.prescription, s.planned_s),
+            "outcome": outcome_sentence(s), "delivered": delivered_text(s),
+            "dose": {d.key: {"label": d.label, "value": d.value, "unit": d.unit}
+                     for d in dose_lines(s.prescription, s.dose)},
+            "dose_meaning": dose_meaning(s.prescription, s.dose)}
+
+
+def _print_session(s: SessionRow, notes: list[NoteRow]) -> None:
+    _, confirmed = stop_confirmation(s)
+    dose = "; ".join(f"{d.label} {d.text()}" for d in dose_lines(s.prescription, s.dose))
     fields: list[tuple[str, Any]] = [
-        ("session", s.id), ("profile", s.profile), ("port", s.port),
-        ("identity", _compact(s.identity)), ("operator", s.operator),
-        ("patient", s.patient or "-"), ("status", s.status), ("outcome", s.outcome or "-"),
-        ("reason", s.reason or "-"), ("stop source", s.stop_source or "-"),
-        ("profile file", f"{s.profile_path} (sha256 {s.profile_sha256})"
-         if s.profile_path else "-"),
-        ("planned", _secs(s.planned_s)), ("delivered", _secs(s.delivered_s)),
+        ("session", s.id), ("patient", s.patient or "-"),
+        ("therapy", therapy_name(s.prescription, s.dose)),
+        ("prescription", prescription_summary(s.prescription, s.planned_s)),
+        ("device", f"{device_info(s).text()} (port {s.port})"), ("operator", s.operator),
+        ("started", f"{local_time(s.started_at, seconds=True)} (UTC {s.started_at})"),
+        ("ended", f"{local_time(s.ended_at, seconds=True)} (UTC {s.ended_at})"
+         if s.ended_at else "-"),
+        ("outcome", outcome_sentence(s)), ("stop confirmed", confirmed),
+        ("delivered", delivered_text(s)), ("dose", dose or "none recorded"),
+        ("", dose_meaning(s.prescription, s.dose)),
+        ("record", f"{s.status}; profile {s.profile}"
+         + (f", file {s.profile_path} (sha256 {s.profile_sha256})" if s.profile_path else "")),
         ("device elapsed", _secs(s.device_elapsed_s)),
-        ("started", s.started_at), ("ended", s.ended_at or "-"),
-        ("prescription", _compact(s.prescription)),
-        ("dose", "-" if s.dose is None else _compact(s.dose))]
+        ("prescription record", _compact(s.prescription)),
+        ("dose record", "-" if s.dose is None else _compact(s.dose))]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
-        print(f"{name.ljust(width)}  {value}")
+        if name or value:
+            print(f"{name.ljust(width)}  {value}".rstrip())
+    print(f"\nnotes ({len(notes)})")
+    for n in notes:
+        print(f"  {local_time(n.recorded_at)}  {n.actor}: {note_text(n)}")
     print(f"\nevents ({len(s.events)})")
     kind_width = max((len(e.kind) for e in s.events), default=0)
     for e in s.events:
@@ -146,11 +242,65 @@ def _print_session(s: SessionRow) -> None:
               f"{_compact(e.detail)}")
 
 
+def note_text(n: NoteRow) -> str:
+    """One line: `left shoulder; skin before: intact; pain 6 → 3; tolerated well`."""
+    parts = [n.body_site or ""]
+    if n.skin_before or n.skin_after:
+        parts.append(f"skin before: {n.skin_before or '-'}, after: {n.skin_after or '-'}")
+    if n.pain_before is not None or n.pain_after is not None:
+        parts.append(f"pain {'-' if n.pain_before is None else n.pain_before} → "
+                     f"{'-' if n.pain_after is None else n.pain_after} (0-10)")
+    parts.append(n.text.replace("\n", " / "))
+    return "; ".join(p for p in parts if p)
+
+
+def _note(store: RecordStore, args: argparse.Namespace) -> int:
+    try:
+        operator = load_roles().require("clinician", args.operator, "record a clinical note")
+    except (RoleRefused, RolesError) as exc:
+        error(f"refused: {exc}")
+        return EXIT_REJECTED
+    session = store.get_session(args.session_id)
+    if session is None:
+        error(f"no session {args.session_id} in {store.path}")
+        return EXIT_RECORDS
+    try:
+        note = store.add_note(session.id, actor=operator, body_site=args.body_site,
+                              skin_before=args.skin_before, skin_after=args.skin_after,
+                              pain_before=args.pain_before, pain_after=args.pain_after,
+                              text=args.text)
+    except NoteError as exc:
+        error(_as_option(str(exc)))
+        return EXIT_USAGE
+    print(f"note {note.id} recorded on session {session.id} by {operator}: {note_text(note)}")
+    return EXIT_OK
+
+
+def _as_option(message: str) -> str:
+    """A note refusal naming its field as the command line spells it (`--pain-before: ...`)."""
+    field, sep, rest = message.partition(": ")
+    if sep and field in NOTE_FIELDS:
+        return f"--{field.replace('_', '-')}: {rest}"
+    return message
+
+
 def _export(store: RecordStore, args: argparse.Namespace) -> int:
-    if args.patient is not None and args.fmt == "json":
-        text = export_patient_json(store, args.patient)
+    sessions = store.sessions_oldest_first(args.patient)
+    if args.since is not None:
+        floor = datetime.combine(args.since, time()).astimezone().astimezone(UTC)
+        sessions = [s for s in sessions if datetime.fromisoformat(s.started_at) >= floor]
+    if args.fmt == "fhir":
+        try:
+            system = load_roles().clinic.patient_id_system
+        except RolesError as exc:
+            error(f"cannot read the clinic's patient id system: {exc}")
+            return EXIT_RECORDS
+        text = fhir_json(sessions, {s.id: store.notes(s.id) for s in sessions},
+                         patient_system=system)
+    elif args.patient is not None and args.fmt == "json":
+        text = patient_export_json(args.patient, sessions)
     else:
-        text = store.export(args.fmt, patient=args.patient)
+        text = export_sessions(sessions, args.fmt)
     if args.out is None:
         sys.stdout.write(text)
         return EXIT_OK

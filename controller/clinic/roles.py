@@ -12,6 +12,9 @@ Example::
       min_interval_hours: 4             # same modality, same patient
       calibration_warning_days: 14
       require_registered_devices: false
+      name: Riverside Physiotherapy     # printed on session reports (optional)
+      address: "12 Quay Street, Riverside"
+      patient_id_system: "urn:oid:1.2.3.4.5"   # FHIR identifier system of patient ids
 
 Roles: `clinician` runs sessions and plans and books them; `technician` calibrates, uses service
 mode and registers devices; `admin` may do all of it.
@@ -36,7 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from controller.profiles.yaml_source import SourceError, read_yaml_mapping, validation_problems
 
@@ -51,6 +62,15 @@ DEFAULT_MIN_INTERVAL_H = 4.0
 # `modctl serve` warns this many days before a device's calibration falls due: long enough to
 # book a technician.
 DEFAULT_CALIBRATION_WARNING_DAYS = 14
+# The clinic's name and address head every printed session report: a line and a short block.
+CLINIC_NAME_MAX = 120
+CLINIC_ADDRESS_MAX = 300
+# FHIR exports name patients by identifier only: this system URI says whose ids they are. The
+# default is a URN of modctl's own; a clinic sets its registry's URI (or OID URN) here.
+DEFAULT_PATIENT_ID_SYSTEM = "urn:modctl:patient"
+PATIENT_ID_SYSTEM_MAX = 255
+# A URI as FHIR's `uri` type allows: a scheme, then no spaces (RFC 3986 at its plainest).
+_URI_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$"
 # Operator names go into records and columns; plain and short.
 OPERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 # Any of these permission bits lets someone other than the owner rewrite the file.
@@ -77,6 +97,22 @@ class ClinicSettings(BaseModel):
     calibration_warning_days: int = Field(DEFAULT_CALIBRATION_WARNING_DAYS, ge=0, le=365)
     require_registered_devices: bool = False
     """Refuse sessions on a port that is not a registered device's (see calibration_gate)."""
+    name: str = Field("", max_length=CLINIC_NAME_MAX)
+    """The clinic's name on printed session reports ('' prints none)."""
+    address: str = Field("", max_length=CLINIC_ADDRESS_MAX)
+    """The clinic's address under its name (line breaks kept)."""
+    patient_id_system: str = Field(DEFAULT_PATIENT_ID_SYSTEM, max_length=PATIENT_ID_SYSTEM_MAX,
+                                   pattern=_URI_PATTERN)
+    """The FHIR identifier system (a URI) of the pseudonymous patient ids."""
+
+    @field_validator("name", "address")
+    @classmethod
+    def _plain_text(cls, value: str, info: ValidationInfo) -> str:
+        allowed = "\n" if info.field_name == "address" else ""
+        if any(ord(c) < 32 and c not in allowed for c in value):
+            raise ValueError("control characters are not allowed"
+                             + (" (line breaks are)" if allowed else ""))
+        return value.strip()
 
 
 class RolesFile(BaseModel):

@@ -15,12 +15,13 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controller.records.csv_safe import LINE_END, safe_row
-from controller.records.store import RecordStore, SampleRow
+from controller.records.export import export_sessions
+from controller.records.store import RecordStore, SampleRow, SessionRow
 
 # list_sessions has no "all": the largest SQL integer is its way of saying so.
 UNKNOWN_MODALITY = "unknown"
@@ -52,8 +53,10 @@ DOSE_FIGURES: dict[str, tuple[DoseFigure, ...]] = {
 _MODALITY_BY_FIGURE = {figures[0].key: name for name, figures in DOSE_FIGURES.items()}
 CSV_FIGURE_COLUMNS = tuple(f.key for figures in DOSE_FIGURES.values() for f in figures)
 CSV_COLUMNS = ("row", "patient", "modality", "session_id", "started_at", "ended_at", "profile",
-               "operator", "status", "outcome", "sessions", "planned_s", "delivered_s",
-               *CSV_FIGURE_COLUMNS)
+               "operator", "device_serial", "status", "outcome", "sessions", "planned_s",
+               "delivered_s", *CSV_FIGURE_COLUMNS)
+# What a session record keeps of the device's identity (read from it at identification).
+DEVICE_FIELDS = ("model", "serial", "firmware")
 ROW_SESSION = "session"
 ROW_TOTAL = "total"
 LARGE_NUMBER = 1000.0
@@ -79,11 +82,20 @@ class HistoryEntry:
     """None when it is unknown (a session interrupted before anything was recorded)."""
     figures: dict[str, float]
     """The modality's `DOSE_FIGURES` present in the record, by key."""
+    patient: str | None = None
+    device: dict[str, str] = field(default_factory=dict)
+    """What the device reported at identification: model, serial, firmware ('' unknown)."""
+
+    @property
+    def device_serial(self) -> str:
+        return self.device.get("serial", "")
 
     def to_json(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "started_at": self.started_at,
-                "ended_at": self.ended_at, "profile": self.profile, "modality": self.modality,
+        return {"session_id": self.session_id, "patient": self.patient,
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "profile": self.profile, "modality": self.modality,
                 "regimes": list(self.regimes), "operator": self.operator,
+                "device_serial": self.device_serial, "device": dict(self.device),
                 "status": self.status, "outcome": self.outcome, "reason": self.reason,
                 "planned_s": self.planned_s, "delivered_s": self.delivered_s,
                 "dose": dict(self.figures)}
@@ -143,6 +155,9 @@ def history_entry(session: Mapping[str, Any]) -> HistoryEntry:
     modality = session_modality(prescription, dose)
     figures = {f.key: value for f in DOSE_FIGURES.get(modality, ())
                if (value := number(dose.get(f.key))) is not None}
+    identity = session.get("identity")
+    identity = identity if isinstance(identity, Mapping) else {}
+    device = {k: "" if identity.get(k) is None else str(identity.get(k)) for k in DEVICE_FIELDS}
     return HistoryEntry(
         session_id=str(session["id"]), started_at=str(session["started_at"]),
         ended_at=session.get("ended_at"), profile=str(session.get("profile", "")),
@@ -150,7 +165,8 @@ def history_entry(session: Mapping[str, Any]) -> HistoryEntry:
         operator=str(session.get("operator", "")), status=str(session.get("status", "")),
         outcome=session.get("outcome"), reason=session.get("reason"),
         planned_s=float(session.get("planned_s") or 0.0),
-        delivered_s=number(session.get("delivered_s")), figures=figures)
+        delivered_s=number(session.get("delivered_s")), figures=figures,
+        patient=session.get("patient"), device=device)
 
 
 def history_from_sessions(patient: str,
@@ -228,7 +244,8 @@ def history_csv(history: PatientHistory) -> str:
         writer.writerow(safe_row({
             "row": ROW_SESSION, "patient": history.patient, "modality": e.modality,
             "session_id": e.session_id, "started_at": e.started_at, "ended_at": e.ended_at,
-            "profile": e.profile, "operator": e.operator, "status": e.status,
+            "profile": e.profile, "operator": e.operator,
+            "device_serial": e.device_serial, "status": e.status,
             "outcome": e.outcome, "sessions": 1, "planned_s": e.planned_s,
             "delivered_s": e.delivered_s, **e.figures}))
     for t in history.totals:
@@ -242,7 +259,13 @@ def history_csv(history: PatientHistory) -> str:
 def export_patient_json(store: RecordStore, patient: str) -> str:
     """`RecordStore.export("json", patient)` plus the patient's history and totals, read
     from the same snapshot (the exported sessions)."""
-    data = json.loads(store.export("json", patient=patient))
+    return patient_export_json(patient, store.sessions_oldest_first(patient))
+
+
+def patient_export_json(patient: str, sessions: Sequence[SessionRow]) -> str:
+    """The JSON export of `sessions` (one patient's, oldest first) plus that patient's history
+    and totals, computed from the same sessions."""
+    data = json.loads(export_sessions(sessions, "json"))
     data["patient"] = patient
     data["history"] = history_from_sessions(patient, data["sessions"]).to_json()
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"

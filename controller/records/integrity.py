@@ -2,12 +2,12 @@
 
 Every write of a record row (a session opened, identified, closed or marked interrupted; an event;
 a batch of telemetry; a device registered, pinned or removed; a booking made or changed; a
-calibration) appends, in the same transaction, one audit entry whose detail holds ``rows``: a list
-of references ``{"table", "key", "sha256"}`` to the rows it wrote, each with the SHA-256 of the
-row's canonical JSON (every column, as stored, keys sorted). A telemetry batch is one reference
-``{"table": "samples", "key": "<entry id>", "rows": n, "sha256": ...}``: its rows carry the entry's
-id in their ``batch`` column and are hashed as a sorted list, so their order on disk (which VACUUM
-may change) does not matter.
+calibration; a clinical note) appends, in the same transaction, one audit entry whose detail
+holds ``rows``: a list of references ``{"table", "key", "sha256"}`` to the rows it wrote, each
+with the SHA-256 of the row's canonical JSON (every column, as stored, keys sorted). A telemetry
+batch is one reference ``{"table": "samples", "key": "<entry id>", "rows": n, "sha256": ...}``:
+its rows carry the entry's id in their ``batch`` column and are hashed as a sorted list, so their
+order on disk (which VACUUM may change) does not matter.
 
 A database that already held rows when it was upgraded gets one ``records.baseline`` entry at the
 upgrade: the hashes of every row then (events and telemetry grouped per session), so those rows
@@ -31,17 +31,19 @@ from typing import Any
 GENESIS_HASH = "0" * 64
 BASELINE_ACTION = "records.baseline"
 # Tables whose rows are keyed one by one; events and samples are handled apart.
-KEYED_TABLES = ("sessions", "calibrations", "devices", "bookings", "users")
+KEYED_TABLES = ("sessions", "calibrations", "devices", "bookings", "users", "session_notes")
 _KEY_SQL = {"sessions": ("id", "SELECT * FROM sessions"),
             "calibrations": ("id", "SELECT * FROM calibrations"),
             "devices": ("name", "SELECT * FROM devices"),
             "bookings": ("id", "SELECT * FROM bookings"),
-            "users": ("name", "SELECT * FROM users")}
+            "users": ("name", "SELECT * FROM users"),
+            "session_notes": ("id", "SELECT * FROM session_notes")}
 _ONE_SQL = {"sessions": "SELECT * FROM sessions WHERE id = ?",
             "calibrations": "SELECT * FROM calibrations WHERE id = ?",
             "devices": "SELECT * FROM devices WHERE name = ?",
             "bookings": "SELECT * FROM bookings WHERE id = ?",
-            "users": "SELECT * FROM users WHERE name = ?"}
+            "users": "SELECT * FROM users WHERE name = ?",
+            "session_notes": "SELECT * FROM session_notes WHERE id = ?"}
 
 
 def dumps(value: Any) -> str:

@@ -4,7 +4,7 @@ Append a step, never edit one: databases in the field were made by the earlier s
 Step 1: sessions, events, telemetry and the audit trail; step 2: the clinic's devices, bookings
 and calibrations; step 3: row hashes in the audit chain, profile hashes, device-reported elapsed
 time, and what a device is (model, serial, resolved port, pinned profile file); step 4: the
-clinic service's user accounts.
+clinic service's user accounts; step 5: clinical notes on sessions.
 """
 
 from __future__ import annotations
@@ -105,6 +105,24 @@ USERS_MIGRATION: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'accounts are never deleted: disable them'); END""",
 )
 
+# Step 5: a clinician's notes on a session (`controller.records.notes_table`): body site, skin
+# check before and after, pain score before and after (0-10), free text. Append-only like the
+# calibrations: a correction is a new note, and the report shows them all in order.
+NOTES_MIGRATION: tuple[str, ...] = (
+    """CREATE TABLE session_notes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL REFERENCES sessions (id), body_site TEXT,
+        skin_before TEXT, skin_after TEXT,
+        pain_before INTEGER CHECK (pain_before BETWEEN 0 AND 10),
+        pain_after INTEGER CHECK (pain_after BETWEEN 0 AND 10),
+        text TEXT NOT NULL DEFAULT '', actor TEXT NOT NULL, recorded_at TEXT NOT NULL)""",
+    "CREATE INDEX session_notes_session ON session_notes (session_id, id)",
+    """CREATE TRIGGER session_notes_no_update BEFORE UPDATE ON session_notes
+        BEGIN SELECT RAISE(ABORT, 'clinical notes are append-only: add a new note'); END""",
+    """CREATE TRIGGER session_notes_no_delete BEFORE DELETE ON session_notes
+        BEGIN SELECT RAISE(ABORT, 'clinical notes are append-only: add a new note'); END""",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SESSION_TABLES,
     CLINIC_MIGRATION,
@@ -118,5 +136,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         *CLINIC_IDENTITY_MIGRATION,
     ),
     USERS_MIGRATION,
+    NOTES_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,7 +12,8 @@ all write through one `Database` (one file, one write lock, one audit chain):
 - `sessions.SessionLog`: sessions and their events (it drains the telemetry buffer into its
   transactions); `export.export_sessions` formats them;
 - `device_table.DeviceTable`, `booking_table.BookingTable`, `calibration_table.CalibrationTable`;
-- `user_table.UserTable`: the clinic service's accounts.
+- `user_table.UserTable`: the clinic service's accounts;
+- `notes_table.NoteTable`: clinicians' notes on sessions (body site, skin, pain, text).
 
 Durability (docs/design.md §2.9): every `add_event` is its own committed transaction, fsynced
 (``synchronous=FULL``); telemetry is the one exception (see `add_sample`). Tamper evidence
@@ -56,6 +57,7 @@ from controller.records.database import (
 from controller.records.device_table import DeviceTable
 from controller.records.export import ExportFormat, export_sessions
 from controller.records.integrity import GENESIS_HASH, VerifyResult
+from controller.records.notes_table import NoteError, NoteRow, NoteTable
 from controller.records.schema import MIGRATIONS, SCHEMA_VERSION
 from controller.records.sessions import (
     EVENT_KINDS,
@@ -70,7 +72,8 @@ from controller.records.user_table import UserRow, UserTable
 __all__ = [
     "BUSY_TIMEOUT_S", "DB_ENV", "DB_FILENAME", "EVENT_KINDS", "GENESIS_HASH", "MIGRATIONS",
     "SCHEMA_VERSION", "SYSTEM_ACTOR", "EventRow", "ExportFormat", "FailureListener",
-    "RecordStore", "RecordsError", "SampleRow", "SessionRow", "VerifyResult",
+    "NoteError", "NoteRow", "RecordStore", "RecordsError", "SampleRow", "SessionRow",
+    "VerifyResult",
     "default_db_path", "new_session_id",
 ]
 
@@ -91,6 +94,7 @@ class RecordStore:
         self._bookings = BookingTable(self._db)
         self._calibrations = CalibrationTable(self._db)
         self._users = UserTable(self._db)
+        self._notes = NoteTable(self._db)
         self._db.open(create=create)
 
     # -- connections and transactions (the hooks tests use to reach the file) --------------
@@ -242,6 +246,28 @@ class RecordStore:
     def export(self, fmt: ExportFormat, patient: str | None = None) -> str:
         """All sessions (oldest first): JSON with events, or CSV one row per session."""
         return export_sessions(self._sessions.oldest_first(patient), fmt)
+
+    def sessions_oldest_first(self, patient: str | None = None) -> list[SessionRow]:
+        """Every session (of one patient, unless None) with its events, oldest first, read in
+        one snapshot (for exports)."""
+        return self._sessions.oldest_first(patient)
+
+    # -- clinical notes (NoteTable) --------------------------------------------------------
+
+    def add_note(self, session_id: str, *, actor: str, body_site: str | None = None,
+                 skin_before: str | None = None, skin_after: str | None = None,
+                 pain_before: int | None = None, pain_after: int | None = None,
+                 text: str = "") -> NoteRow:
+        """Record a clinician's note on a session (a unique id prefix is enough), audited as
+        `session.note`. NoteError (a ValueError) names the field refused: pain scores are whole
+        numbers 0-10, texts are bounded (`notes_table`), an empty note is refused."""
+        return self._notes.add_note(session_id, actor=actor, body_site=body_site,
+                                    skin_before=skin_before, skin_after=skin_after,
+                                    pain_before=pain_before, pain_after=pain_after, text=text)
+
+    def notes(self, session_id: str) -> list[NoteRow]:
+        """A session's notes, oldest first (the full session id)."""
+        return self._notes.notes(session_id)
 
     # -- devices (DeviceTable) -------------------------------------------------------------
 

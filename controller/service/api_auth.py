@@ -84,8 +84,9 @@ def role(needed: Role, what: str) -> Callable[[Login], Coroutine[None, None, Log
     everything)."""
     async def check(login: Authenticated) -> Login:
         if not login.account.may(needed):
-            raise ApiError(403, f"{login.account.name} is a {login.account.role}; only a "
-                                f"{needed} (or an admin) may {what}")
+            who = "an admin" if needed == "admin" else f"a {needed} (or an admin)"
+            raise ApiError(403, f"{login.account.name} is a {login.account.role}; only "
+                                f"{who} may {what}")
         return login
     return check
 

@@ -10,6 +10,7 @@ stop or e-stop anything.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import datetime
 from typing import Annotated
 
@@ -25,6 +26,7 @@ from controller.modality.prescription import (
     parse_duration,
 )
 from controller.records.html_report import ReportError, session_report_html
+from controller.records.notes_table import NoteError
 from controller.records.sessions import SessionRow
 from controller.service.api_auth import Authenticated, Ctx, role
 from controller.service.auth import Login
@@ -161,6 +163,37 @@ def printable_report(session_id: str, ctx: Ctx, login: Authenticated) -> HTMLRes
     except ReportError as exc:
         raise ApiError(404 if ctx.store.get_session(session_id) is None else 409,
                        str(exc)) from None
+
+
+class NoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    body_site: str | None = Field(default=None, max_length=200)
+    skin_before: str | None = Field(default=None, max_length=200)
+    skin_after: str | None = Field(default=None, max_length=200)
+    pain_before: int | None = None
+    pain_after: int | None = None
+    text: str = Field(default="", max_length=4000)
+
+
+@router.post("/sessions/{session_id}/notes", status_code=201)
+def add_note(session_id: str, body: NoteBody, ctx: Ctx, login: Clinician) -> dict[str, object]:
+    """A clinician's note on a session (body site, skin checks, pain 0-10, text); audited."""
+    if ctx.store.get_session(session_id) is None:
+        raise ApiError(404, f"no session {session_id}")
+    try:
+        note = ctx.store.add_note(session_id, actor=login.account.name,
+                                  **body.model_dump())
+    except NoteError as exc:
+        raise ApiError(422, str(exc)) from None
+    return dataclasses.asdict(note)
+
+
+@router.get("/sessions/{session_id}/notes")
+def notes(session_id: str, ctx: Ctx, login: Authenticated) -> dict[str, object]:
+    row = ctx.store.get_session(session_id)
+    if row is None:
+        raise ApiError(404, f"no session {session_id}")
+    return {"notes": [dataclasses.asdict(n) for n in ctx.store.notes(row.id)]}
 
 
 @router.get("/sessions")
