@@ -47,6 +47,7 @@ ENDPOINTS: list[tuple[str, str, object, frozenset[str]]] = [
     ("POST", "/api/sessions/NOSUCH/notes", {"text": "x"}, frozenset({"clinician", "admin"})),
     ("POST", "/api/plans/run", {"plan": "no-such-plan", "devices": {}},
      frozenset({"clinician", "admin"})),
+    ("GET", "/api/plans/runs", None, ANYONE),
     ("GET", "/api/plans/runs/NOSUCH", None, ANYONE),
     ("POST", "/api/plans/runs/NOSUCH/stop", None, ANYONE),
     ("POST", "/api/plans/runs/NOSUCH/estop", None, ANYONE),

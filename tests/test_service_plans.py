@@ -41,6 +41,8 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
     plans.mkdir()
     (plans / "quick.yaml").write_text(PLAN.format(name="quick", first="1s"))
     (plans / "long.yaml").write_text(PLAN.format(name="long", first="60s"))
+    (plans / "paused.yaml").write_text(PLAN.format(name="paused", first="1s")
+                                       .replace("pause_after: 1s", "pause_after: 60s"))
     room = open_room(tmp, "hc-200", "us-300", serve_args=("--plans", str(plans)))
     yield room
     room.close()
@@ -63,6 +65,8 @@ def test_a_plan_runs_its_steps_on_reserved_devices(room: Room, alice: Client) ->
         "plan": "quick", "devices": {"heat": "heat-1", "ultrasound": "us-1"},
         "patient": "P-0100"})
     assert run["final"] is False and run["operator"] == "alice"
+    assert [p["id"] for p in alice.ok("GET", "/api/plans/runs")["plans"]] == [run["id"]]
+    assert alice.ok("GET", "/api/devices/us-1")["plan"] == run["id"]
     # The ultrasound device waits for its step: reserved, nobody else may start there.
     assert alice.ok("GET", "/api/devices/us-1")["state"] == "reserved"
     status, got = alice.call("POST", "/api/sessions", {
@@ -83,10 +87,23 @@ def test_stopping_a_plan_stops_its_step_and_ends_it(room: Room, alice: Client) -
         "plan": "long", "devices": {"heat": "heat-1", "ultrasound": "us-1"}})
     assert wait_for(lambda: room.output_on("heat-1"), 10)
     stopped = room.login("tom").ok("POST", f"/api/plans/runs/{run['id']}/stop")
+    assert alice.ok("GET", "/api/plans/runs")["plans"] == []
     assert stopped["final"] is True
     assert stopped["report"]["outcome"] == "stopped"
     assert not room.output_on("heat-1") and not room.output_on("us-1")
     assert stopped["report"]["steps"][0]["outcome"] == "aborted"
+
+
+def test_the_room_estop_ends_a_plan_in_its_pause(room: Room, alice: Client) -> None:
+    run = alice.ok("POST", "/api/plans/run", {
+        "plan": "paused", "devices": {"heat": "heat-1", "ultrasound": "us-1"}})
+    assert wait_for(lambda: "pause of" in "\n".join(
+        alice.ok("GET", f"/api/plans/runs/{run['id']}")["progress"]), 10)
+    alice.ok("POST", "/api/estop")
+    report = final(alice, run["id"], 5)["report"]
+    assert report["outcome"] == "stopped" and "emergency stop" in report["reason"]
+    assert [s["outcome"] for s in report["steps"]] == ["completed", "not_started"]
+    assert not room.output_on("us-1")
 
 
 def test_plan_requests_that_are_refused(alice: Client, room: Room) -> None:

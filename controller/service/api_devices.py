@@ -56,7 +56,8 @@ def device_json(ctx: Ctx, slot: DeviceSlot) -> dict[str, object]:
             "problem": slot.watch.problem, "identity": slot.watch.identity,
             "calibration": calibration_json(ctx, slot),
             "state": ctx.runs.device_state(slot),
-            "session": run.summary() if isinstance(run, Run) else None}
+            "session": run.summary() if isinstance(run, Run) else None,
+            "plan": getattr(run if not isinstance(run, Run) else run.reservation, "id", None)}
 
 
 @router.get("/devices")
@@ -132,12 +133,13 @@ async def events(request: Request, ctx: Ctx, login: Authenticated) -> StreamingR
         raise ApiError(503, "too many live-stream clients; try again later")
     first: dict[str, object] = {"devices": [device_json(ctx, s) for s in ctx.slots.values()],
                                 "alarms": [asdict(a) for a in ctx.alarms.open()]}
-    return StreamingResponse(_stream(request, ctx, sub, first), media_type="text/event-stream",
+    return StreamingResponse(_stream(request, ctx, sub, first, login.token),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _stream(request: Request, ctx: Ctx, sub: Subscriber,
-                  first: dict[str, object]) -> AsyncIterator[str]:
+async def _stream(request: Request, ctx: Ctx, sub: Subscriber, first: dict[str, object],
+                  token: str) -> AsyncIterator[str]:
     try:
         yield sse({"seq": 0, "kind": "hello", "data": first})
         while True:
@@ -149,6 +151,13 @@ async def _stream(request: Request, ctx: Ctx, sub: Subscriber,
                 event = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
             except TimeoutError:
                 if await request.is_disconnected():
+                    return
+                # An open room screen is activity: its login stays valid while it watches
+                # (so that its E-STOP ALL still works hours later); a login that ended
+                # (logout, disabled, password changed) ends the stream.
+                if ctx.auth.current(token) is None:
+                    yield sse({"seq": 0, "kind": "expired",
+                               "data": {"reason": "this login has ended; log in again"}})
                     return
                 yield ": keep-alive\n\n"
                 continue

@@ -88,6 +88,12 @@ def _plan(ctx: Ctx, plan_id: str) -> PlanState:
     return state
 
 
+@router.get("/plans/runs")
+def plan_runs(ctx: Ctx, login: Authenticated) -> dict[str, object]:
+    """The plans running in this service (any browser or client started them)."""
+    return {"plans": [state.summary() for state in ctx.plans.running()]}
+
+
 @router.get("/plans/runs/{plan_id}")
 def plan_run(plan_id: str, ctx: Ctx, login: Authenticated) -> dict[str, object]:
     return _plan(ctx, plan_id).summary()

@@ -257,6 +257,7 @@ async def estop_all(ctx: Ctx, login: Authenticated) -> dict[str, object]:
     event loop before anything waits."""
     runs = ctx.runs.post_stop_all(emergency=True, reason=f"operator emergency stop of every "
                                   f"output by {login.account.name} (clinic service)")
+    ctx.plans.end_all(by=login.account.name)    # a plan in a pause starts no further step
     return await asyncio.to_thread(_estopped, ctx, login, runs)
 
 

@@ -187,6 +187,18 @@ class PlanRuns:
         with self._lock:
             return self._plans.get(plan_id)
 
+    def running(self) -> list[PlanState]:
+        with self._lock:
+            return [p for p in self._plans.values() if not p.done.is_set()]
+
+    def end_all(self, *, by: str) -> list[PlanState]:
+        """No plan starts another step (the room's e-stop; its sessions are stopped by it)."""
+        plans = self.running()
+        for state in plans:
+            if state.loop is not None:
+                state.loop.request_stop(f"(room emergency stop by {by})")
+        return plans
+
     def stop(self, state: PlanState, *, emergency: bool, by: str) -> None:
         """End the plan: its running step stops now, no further step starts."""
         kind = "emergency stop" if emergency else "stop"
