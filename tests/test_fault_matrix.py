@@ -51,7 +51,9 @@ Running time: the cases are real time and spend nearly all of it waiting (poll p
 timeouts, the device watchdog), so the selected cases run side by side, each with its own
 simulated device, pty, session and database, on `MATRIX_WORKERS` threads
 (``MODCTL_MATRIX_WORKERS=1`` runs them one at a time, e.g. to debug one with ``-k``); each
-parametrised test then checks its own case.
+parametrised test then checks its own case. The module fixture runs every selected case of
+the session, so this file runs on one xdist worker (tests/support/scheduling.py): shared test
+by test, each worker would run the whole matrix.
 """
 
 from __future__ import annotations
@@ -92,8 +94,16 @@ DELIVERING_AT = {"hc-200": 0.5, "us-300": 0.5, "es-4": 1.3}
 WATCHDOG_MARGIN_S = 1.0
 # How long a trigger waits for the simulator to act on a fault it switched on.
 TRIGGER_SETTLE_S = 1.0
-MATRIX_WORKERS = max(1, int(os.environ.get("MODCTL_MATRIX_WORKERS", "4")))
+# Threads running cases side by side: ~70 cases of ~3 s each (the slowest ~13 s), each using
+# a few percent of a core (nearly all of it is waiting). 12 brings the matrix to ~20 s
+# (~50 s with 4) with the process still at about a third of a core.
+MATRIX_WORKERS = max(1, int(os.environ.get("MODCTL_MATRIX_WORKERS", "12")))
 CASE_TIMEOUT_S = 60.0
+
+# Measured seconds a lost link adds to a case (retries until the budget runs out, the stop's
+# retries, then the device watchdog): the US-300's SCPI poll is several queries, each waiting
+# out its reply timeout. Only orders the cases (slowest first), so the pool ends together.
+LOST_LINK_S = {"hc-200": 2.0, "us-300": 7.0, "es-4": 2.5}
 
 EXIT_STATUS = {"completed": 0, "rejected": 3, "aborted": 4, "fault": 5}
 # Link faults as the reason may name them: the controller's verdict on a lost link.
@@ -158,7 +168,8 @@ class Case:
     def cost(self) -> float:
         """A guess at the seconds the case takes, to start the slow ones first."""
         lost = any(e.stop_source == "device_watchdog" for e in self.expect)
-        return self.planned_s + (2.0 if lost else 0.0) + (1.0 if self.phase == "stopping" else 0)
+        return (self.planned_s + (LOST_LINK_S[self.pid] if lost else 0.0)
+                + (1.0 if self.phase == "stopping" else 0.0))
 
 
 # -- what docs/design.md §4.3-4.4 expect, by kind of fault ---------------------------------

@@ -1,4 +1,8 @@
-"""`modctl users add | list | disable | passwd`, in process and once as a real command."""
+"""`modctl users add | list | disable | passwd`, in process and once as a real command.
+
+In process the accounts hash with cheap Argon2id parameters (tests.support.service's
+TEST_HASHER: a hash costs ~0.3 s at argon2-cffi's defaults, and these tests make a dozen);
+the real command, and tests/test_accounts.py once, use the defaults."""
 
 from __future__ import annotations
 
@@ -15,13 +19,16 @@ import pytest
 
 from controller.cli import main as cli_main
 from controller.records.store import RecordStore
+from controller.service import accounts as accounts_module
 from controller.service.accounts import Accounts
+from tests.support.service import TEST_HASHER
 from tests.test_accounts import GOOD, OTHER, assert_no_secret, audit_rows
 
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("USER", "sysadmin")  # the OS user is the actor
+    monkeypatch.setattr(accounts_module, "PasswordHasher", lambda: TEST_HASHER)
     return tmp_path / "records.sqlite3"
 
 
