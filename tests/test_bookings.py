@@ -239,11 +239,11 @@ def test_book_start_runs_the_session_on_the_registered_device(
     db = clinic(tmp_path, monkeypatch, now=None)
     device = sim_device("hc-200")
     register(db, ("heat-1", "hc-200", device.port))
-    assert add(*HEAT, at=_at_now(), duration="2s") == 0
+    assert add(*HEAT, at=_at_now(), duration="1s") == 0
     capsys.readouterr()
     assert modctl("book", "start", "1", "--json") == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert report["outcome"] == "completed" and report["planned_s"] == 2
+    assert report["outcome"] == "completed" and report["planned_s"] == 1
     with RecordStore(db) as store:
         booking = store.booking(1)
         assert booking is not None and booking.status == "done"

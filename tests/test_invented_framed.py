@@ -213,11 +213,11 @@ def test_a_parameter_grid_finer_than_the_field_step_is_refused(tmp_path: Path) -
 
 def test_a_session_runs_from_the_profile_alone(sim_device: SimFactory, ft2: Profile) -> None:
     device = sim_device(ft2)
-    rx = build_prescription(ft2, SETTINGS, 2.0)
+    rx = build_prescription(ft2, SETTINGS, 1.0)
     report = Session(ft2, rx, device.port).run()
     assert report.outcome == "completed", report.reason
     seconds, _ = on_time(device)
-    assert seconds == pytest.approx(2.0, abs=0.4)
+    assert seconds == pytest.approx(1.0, abs=0.4)
     assert not history(device)[-1].on
 
 

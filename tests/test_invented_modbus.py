@@ -142,11 +142,11 @@ def test_a_parameter_step_between_register_steps_is_refused(tmp_path: Path) -> N
 
 def test_a_session_runs_from_the_profile_alone(sim_device: SimFactory, tp7: Profile) -> None:
     device = sim_device(tp7)
-    report = Session(tp7, build_prescription(tp7, {"temperature_c": "40"}, 2.0),
+    report = Session(tp7, build_prescription(tp7, {"temperature_c": "40"}, 1.0),
                      device.port).run()
     assert report.outcome == "completed", report.reason
     seconds, _ = on_time(device)
-    assert seconds == pytest.approx(2.0, abs=0.3)
+    assert seconds == pytest.approx(1.0, abs=0.3)
 
 
 def test_the_simulator_reports_its_own_code_and_the_controller_its_label(

@@ -208,11 +208,11 @@ def test_fault_code_text_cannot_feed_a_check(tmp_path: Path) -> None:
 
 def test_a_session_runs_from_the_profile_alone(sim_device: SimFactory, sx5: Profile) -> None:
     device = sim_device(sx5)
-    rx = build_prescription(sx5, SETTINGS, 2.0)
+    rx = build_prescription(sx5, SETTINGS, 1.0)
     report = Session(sx5, rx, device.port).run()
     assert report.outcome == "completed", report.reason
     seconds, cause = on_time(device)
-    assert seconds == pytest.approx(2.0, abs=0.3) and cause == "stop"
+    assert seconds == pytest.approx(1.0, abs=0.3) and cause == "stop"
     with device.model.lock:   # the words reached the device as the values they stand for
         assert device.model.settings["duty_pct"] == 20
         assert device.model.settings["frequency_mhz"] == 3
