@@ -40,6 +40,7 @@ run scale scale.py
 # The clinic service (issue 12): `modctl serve` on 32 devices, 20 live streams, a GET flood.
 run service_load service_load.py
 run service_estop service_estop.py
+run console_latency console_latency.py
 if [ "$SOAK_MINUTES" != 0 ]; then
     if [ -n "$QUICK" ]; then run soak soak.py; else run soak soak.py --minutes "$SOAK_MINUTES"; fi
 fi
