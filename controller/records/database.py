@@ -136,6 +136,7 @@ class Database:
         self.token = uuid.uuid4().hex
         """This store's owner token, written on the sessions it opens."""
         self._owner_file: IO[str] | None = None
+        self._owner_lock = threading.Lock()
         self.closed = False
 
     def open(self, *, create: bool) -> None:
@@ -295,14 +296,19 @@ class Database:
         return self.path.with_name(self.path.name + ".owners") / f"{token}.lock"
 
     def hold_owner_lock(self) -> None:
-        """Hold this store's owner lock (from its first session on, until `close`)."""
-        if self._owner_file is not None or fcntl is None:
+        """Hold this store's owner lock (from its first session on, until `close`). Taken
+        once per store: sessions opening at once on several threads (the clinic service)
+        must not each flock it (a second flock of the same file fails)."""
+        if fcntl is None:
             return
-        path = self._owner_path(self.token)
-        path.parent.mkdir(exist_ok=True)
-        handle = path.open("w")
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._owner_file = handle
+        with self._owner_lock:
+            if self._owner_file is not None:
+                return
+            path = self._owner_path(self.token)
+            path.parent.mkdir(exist_ok=True)
+            handle = path.open("w")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._owner_file = handle
 
     def owner_alive(self, token: str | None) -> bool:
         """Whether the store that wrote `token` on a session still runs."""
