@@ -26,6 +26,7 @@ ONE_WORKER_FILES = (
     "tests/test_service_http_errors.py",
     "tests/test_service_plans.py",
     "tests/test_service_sessions.py",
+    "tests/test_service_slow_devices.py",
     "tests/test_console_*.py",           # a `modctl serve` and a browser for the module
 )
 
