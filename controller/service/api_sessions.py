@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
@@ -209,11 +209,9 @@ def list_sessions(ctx: Ctx, login: Authenticated,
     return {"sessions": [_row_json(r) for r in rows]}
 
 
-def _run_or_404(ctx: Ctx, session_id: str) -> Run:
-    found = ctx.runs.get(session_id)
-    if isinstance(found, Run):
-        return found
-    if found is not None or ctx.store.get_session(session_id) is not None:
+def _not_running(ctx: Ctx, session_id: str, report: SessionReport | None) -> NoReturn:
+    """Why there is nothing to stop: the session has ended (409) or is unknown (404)."""
+    if report is not None or ctx.store.get_session(session_id) is not None:
         raise ApiError(409, f"session {session_id} has already ended")
     raise ApiError(404, f"no session {session_id}")
 
@@ -247,8 +245,7 @@ async def _stop(ctx: Ctx, session_id: str, login: Login, response: Response, *,
         ctx.runs.post_stop(found, emergency=emergency, by=login.account.name)
         report = await asyncio.to_thread(found.session.wait, STOP_WAIT_S)
         return _stopped(found, report, response)
-    await asyncio.to_thread(_run_or_404, ctx, session_id)    # says why: ended or unknown
-    raise AssertionError("unreachable")
+    await asyncio.to_thread(_not_running, ctx, session_id, found)  # a records read
 
 
 @router.post("/estop")
