@@ -259,7 +259,7 @@ def test_a_schema_3_database_gets_the_users_table(db: Path) -> None:
         assert accounts.verify("ada", GOOD) is not None
         assert s.verify_audit().ok
     version = sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchone()[0]
-    assert version == records.SCHEMA_VERSION == 5
+    assert version == records.SCHEMA_VERSION == 6
 
 
 def test_a_role_edited_by_hand_is_found_by_the_audit_check(accounts: Accounts,

@@ -76,7 +76,7 @@ def test_an_older_database_is_migrated_and_keeps_its_sessions(db: Path) -> None:
         s.add_device("heat-9", "hc-200", "/dev/pts/1", "tom")
         assert s.get_session(sid) is not None and s.device("heat-9") is not None
     version = sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchone()[0]
-    assert version == records.SCHEMA_VERSION == 5
+    assert version == records.SCHEMA_VERSION == 6
 
 
 # -- devices -------------------------------------------------------------------------------

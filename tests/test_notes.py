@@ -112,6 +112,10 @@ def test_a_schema_4_database_gets_the_notes_table(db: Path) -> None:
         sid = record_session(s, "P-1", "thermal", HEAT_44)
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE session_notes")
+    for statement in ("ALTER TABLE devices DROP COLUMN room", "DROP TABLE rooms",  # step 6
+                      "DROP TABLE spool_replayed", "DROP TRIGGER audit_high_bump",
+                      "DROP TABLE audit_high"):
+        conn.execute(statement)
     conn.execute("UPDATE schema_version SET version = 4")
     conn.commit()
     conn.close()
@@ -120,7 +124,7 @@ def test_a_schema_4_database_gets_the_notes_table(db: Path) -> None:
         assert s.notes(sid) == [note]
         assert s.verify_audit().ok
     version = sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchone()[0]
-    assert version == records.SCHEMA_VERSION == 5
+    assert version == records.SCHEMA_VERSION == 6
 
 
 def test_records_note_command(db: Path, sid: str, store: RecordStore,

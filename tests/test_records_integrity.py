@@ -137,11 +137,11 @@ def test_a_forged_calibration_row(store: RecordStore, db: Path) -> None:
     fails(store, "calibrations", "calibrations row 2", "no audit entry")
 
 
-def test_the_tail_of_the_chain_cut_with_sqlite_sequence(store: RecordStore, db: Path) -> None:
+def test_the_tail_of_the_chain_cut_with_the_highest_id(store: RecordStore, db: Path) -> None:
     conn = raw(db)
     keep = conn.execute("SELECT MAX(id) FROM audit").fetchone()[0] - 3
     conn.execute("DELETE FROM audit WHERE id > ?", (keep,))
-    conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'audit'", (keep,))
+    conn.execute("UPDATE audit_high SET seq = ?", (keep,))
     reason = fails(store, "sessions", sid_of(db, "P-002"))  # its close was in the cut tail
     assert "changed after audit entry" in reason  # it is checked against its entry before
 
@@ -149,7 +149,7 @@ def test_the_tail_of_the_chain_cut_with_sqlite_sequence(store: RecordStore, db: 
 def test_the_audit_table_emptied(store: RecordStore, db: Path) -> None:
     conn = raw(db)
     conn.execute("DELETE FROM audit")
-    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'audit'")
+    conn.execute("UPDATE audit_high SET seq = 0")
     result = store.verify_audit()
     assert (result.ok, result.entries, result.head_hash) == (False, 0, GENESIS_HASH)
     assert "no audit entry" in result.reason and result.table == "sessions"
@@ -289,7 +289,7 @@ def test_a_schema_2_database_is_upgraded_with_a_baseline(tmp_path: Path) -> None
             "SELECT detail FROM audit WHERE action = 'records.baseline'")]
         assert baseline["from_schema"] == 2 and sid in baseline["sessions"]
     version = raw(path).execute("SELECT version FROM schema_version").fetchone()[0]
-    assert version == records.SCHEMA_VERSION == 5
+    assert version == records.SCHEMA_VERSION == 6
     for sql, table in (("UPDATE events SET detail = '{\"x\":1}' WHERE seq = 1", "events"),
                        ("UPDATE samples SET data = '{\"pad_c\":39.0}' WHERE batch IS NULL",
                         "samples"),

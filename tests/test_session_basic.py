@@ -10,6 +10,8 @@ import time
 import pytest
 
 from controller.session.report import SessionReport
+from simulator.model_base import OutputChange
+from simulator.server import SimulatedDevice
 from tests.conftest import SimFactory
 from tests.session_helpers import SETTINGS, history, make_session, on_time, run, watch
 
@@ -17,6 +19,8 @@ DEVICES = ["hc-200", "us-300", "es-4"]
 PLANNED_S = 2.0
 # The device must see the output stopped within this of the planned end (issue #4).
 STOP_TOLERANCE_S = 0.05
+# The device watchdogs of the shipped profiles run out within 2 s of silence.
+WATCHDOG_WAIT_S = 2.5
 REPORT_FIELDS = ("session_id", "outcome", "reason", "profile", "device", "prescription",
                  "planned_s", "delivered_s", "stop_source", "dose", "events")
 
@@ -97,6 +101,15 @@ def test_slow_replies_still_complete(pid: str, sim_device: SimFactory) -> None:
     assert report.outcome == "completed", report.reason
 
 
+def watchdog_stop(device: SimulatedDevice) -> OutputChange:
+    """The device's last output change once its watchdog (at most 2 s) has run out: waited
+    for, not slept through."""
+    deadline = time.monotonic() + WATCHDOG_WAIT_S
+    while history(device)[-1].on and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return history(device)[-1]
+
+
 @pytest.mark.parametrize("pid", DEVICES)
 def test_silent_device_is_stopped_by_its_own_watchdog(pid: str, sim_device: SimFactory) -> None:
     device = sim_device(pid, silent_at=0.8)
@@ -104,8 +117,7 @@ def test_silent_device_is_stopped_by_its_own_watchdog(pid: str, sim_device: SimF
     assert report.outcome == "fault" and report.exit_status == 5
     assert "stop not confirmed" in report.reason
     assert report.stop_source == "device_watchdog"
-    time.sleep(2.2)   # the device watchdog (at most 2 s) has run out by now
-    last = history(device)[-1]
+    last = watchdog_stop(device)
     assert not last.on and last.cause == "watchdog"
 
 
@@ -116,8 +128,7 @@ def test_disconnected_port_is_a_fault_and_the_watchdog_stops_output(
     report = run(pid, device, 5.0)
     assert report.outcome == "fault" and report.exit_status == 5
     assert "communication" in report.reason or "stale" in report.reason
-    time.sleep(2.2)
-    last = history(device)[-1]
+    last = watchdog_stop(device)
     assert not last.on and last.cause == "watchdog"
 
 

@@ -23,7 +23,7 @@ from controller.records.clinic_tables import (
     iso_utc,
     local_day_bounds,
 )
-from controller.records.database import Database, append_audit, now_iso
+from controller.records.database import Database, RecordsConflict, append_audit, now_iso
 from controller.records.integrity import dumps
 
 
@@ -51,56 +51,63 @@ class BookingTable:
         kinds = sorted(set(modalities))
         names = list(devices.values())
         booked = {role: dict(p) for role, p in (profiles or {}).items()}
-        with self._db.write("add a booking") as conn:
-            for name in names:
-                dev = conn.execute("SELECT removed FROM devices WHERE name = ?",
-                                   (name,)).fetchone()
-                if dev is None or dev[0]:
-                    raise ClinicError(f"device '{name}' is not registered"
-                                      + (" (it was removed)" if dev is not None else ""))
-            clash = conn.execute(
-                f"SELECT b.*, d.device AS held FROM bookings b JOIN booking_devices d"
-                f" ON d.booking_id = b.id WHERE d.device IN ({', '.join('?' * len(names))})"
-                " AND b.status IN ('booked', 'started') AND b.starts_at < ? AND b.ends_at > ?"
-                " ORDER BY b.starts_at LIMIT 1",
-                (*names, iso_utc(end), iso_utc(start))).fetchone()
-            if clash is not None:
-                b = booking_row(conn, clash)
-                raise BookingConflict(
-                    f"device '{clash['held']}' is already booked from {_local(b.starts_at)} to "
-                    f"{_local(b.ends_at, time_only=True)} (booking {b.id}, patient {b.patient})")
-            gap = timedelta(seconds=min_interval_s)
-            for kind in kinds:
-                near = conn.execute(
-                    "SELECT * FROM bookings WHERE patient = ? AND instr(modalities, ?) > 0"
-                    " AND status IN ('booked', 'started', 'done') AND starts_at < ?"
-                    " AND ends_at > ? ORDER BY starts_at LIMIT 1",
-                    (patient, f",{kind},", iso_utc(end + gap), iso_utc(start - gap))).fetchone()
-                if near is not None:
-                    b = booking_row(conn, near)
+        try:
+            with self._db.write("add a booking", may_conflict=True) as conn:
+                for name in names:
+                    dev = conn.execute("SELECT removed FROM devices WHERE name = ?",
+                                       (name,)).fetchone()
+                    if dev is None or dev[0]:
+                        raise ClinicError(f"device '{name}' is not registered"
+                                          + (" (it was removed)" if dev is not None else ""))
+                clash = conn.execute(
+                    f"SELECT b.*, d.device AS held FROM bookings b JOIN booking_devices d"
+                    f" ON d.booking_id = b.id WHERE d.device IN ({', '.join('?' * len(names))})"
+                    " AND b.status IN ('booked', 'started') AND b.starts_at < ? AND b.ends_at > ?"
+                    " ORDER BY b.starts_at LIMIT 1",
+                    (*names, iso_utc(end), iso_utc(start))).fetchone()
+                if clash is not None:
+                    b = booking_row(conn, clash)
                     raise BookingConflict(
-                        f"patient {patient} already has {kind} booked from "
-                        f"{_local(b.starts_at)} to {_local(b.ends_at, time_only=True)} (booking "
-                        f"{b.id}); the clinic's minimum interval between two {kind} "
-                        f"treatments is {_hours(min_interval_s)}")
-            cur = conn.execute(
-                "INSERT INTO bookings (profile, plan, settings, modalities, patient, starts_at,"
-                " ends_at, duration_s, status, created_by, created_at, profiles)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'booked', ?, ?, ?)",
-                (profile, plan, dumps(dict(settings)), f",{','.join(kinds)},", patient,
-                 iso_utc(start), iso_utc(end), duration_s, actor, now_iso(), dumps(booked)))
-            booking_id = int(cur.lastrowid or 0)
-            conn.executemany("INSERT INTO booking_devices VALUES (?, ?, ?, ?)",
-                             [(booking_id, i, role, name)
-                              for i, (role, name) in enumerate(devices.items())])
-            append_audit(conn, actor, "booking.add", f"booking/{booking_id}",
-                         {"devices": dict(devices), "profile": profile, "plan": plan,
-                          "settings": dict(settings), "patient": patient,
-                          "starts_at": iso_utc(start), "duration_s": duration_s,
-                          "profiles": booked},
-                         [integrity.ref(conn, "bookings", booking_id)])
-            return booking_row(conn, conn.execute("SELECT * FROM bookings WHERE id = ?",
-                                                  (booking_id,)).fetchone())
+                        f"device '{clash['held']}' is already booked from "
+                        f"{_local(b.starts_at)} to {_local(b.ends_at, time_only=True)} "
+                        f"(booking {b.id}, patient {b.patient})")
+                gap = timedelta(seconds=min_interval_s)
+                for kind in kinds:
+                    near = conn.execute(
+                        "SELECT * FROM bookings WHERE patient = ? AND instr(modalities, ?) > 0"
+                        " AND status IN ('booked', 'started', 'done') AND starts_at < ?"
+                        " AND ends_at > ? ORDER BY starts_at LIMIT 1",
+                        (patient, f",{kind},", iso_utc(end + gap), iso_utc(start - gap))).fetchone()
+                    if near is not None:
+                        b = booking_row(conn, near)
+                        raise BookingConflict(
+                            f"patient {patient} already has {kind} booked from "
+                            f"{_local(b.starts_at)} to "
+                            f"{_local(b.ends_at, time_only=True)} (booking {b.id}); the "
+                            f"clinic's minimum interval between two {kind} treatments is "
+                            f"{_hours(min_interval_s)}")
+                cur = conn.execute(
+                    "INSERT INTO bookings (profile, plan, settings, modalities, patient, starts_at,"
+                    " ends_at, duration_s, status, created_by, created_at, profiles)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'booked', ?, ?, ?) RETURNING id",
+                    (profile, plan, dumps(dict(settings)), f",{','.join(kinds)},", patient,
+                     iso_utc(start), iso_utc(end), duration_s, actor, now_iso(), dumps(booked)))
+                booking_id = int(cur.fetchone()[0])
+                conn.executemany("INSERT INTO booking_devices VALUES (?, ?, ?, ?)",
+                                 [(booking_id, i, role, name)
+                                  for i, (role, name) in enumerate(devices.items())])
+                append_audit(conn, actor, "booking.add", f"booking/{booking_id}",
+                             {"devices": dict(devices), "profile": profile, "plan": plan,
+                              "settings": dict(settings), "patient": patient,
+                              "starts_at": iso_utc(start), "duration_s": duration_s,
+                              "profiles": booked},
+                             [integrity.ref(conn, "bookings", booking_id)])
+                return booking_row(conn, conn.execute("SELECT * FROM bookings WHERE id = ?",
+                                                      (booking_id,)).fetchone())
+        except RecordsConflict as exc:  # the database's own rule, whichever room booked
+            raise BookingConflict(f"device(s) {', '.join(names)} cannot be booked from "
+                                  f"{_local(start)} to {_local(end, time_only=True)}: the "
+                                  f"database refused it ({exc})") from None
 
     def bookings(self, day: date | None = None, *, patient: str | None = None,
                  device: str | None = None,

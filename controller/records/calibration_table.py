@@ -49,11 +49,11 @@ class CalibrationTable:
             cur = conn.execute(
                 "INSERT INTO calibrations (device, profile, technician, instrument,"
                 " instrument_id, before, after, passed, performed_at, next_due, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (device, profile, technician, instrument, instrument_id, dumps(dict(before)),
                  dumps(dict(after)), int(passed), iso_utc(done), next_due.isoformat(),
                  now_iso()))
-            cal_id = int(cur.lastrowid or 0)
+            cal_id = int(cur.fetchone()[0])
             append_audit(conn, technician, "calibration.record", f"calibration/{cal_id}",
                          {"device": device, "profile": profile, "passed": passed,
                           "instrument": instrument, "instrument_id": instrument_id,

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+
+from controller.records.sql import Connection, Row
 
 BOOKING_STATUSES = ("booked", "cancelled", "started", "done")
 # Bookings that hold their device's time slot and count for the patient's minimum interval.
@@ -85,6 +86,9 @@ class DeviceRow:
     """SHA-256 of that file then: a changed file is refused until the device is pinned again."""
     port_real: str | None = None
     """The port's resolved real path (symlinks and `.`/`//` spellings removed)."""
+    room: str | None = None
+    """The treatment room whose PC the device is plugged into (None: the one PC of a clinic
+    on the embedded database). Only that room's clinic service holds and drives it."""
 
 
 @dataclass(frozen=True)
@@ -146,16 +150,16 @@ class CalibrationStatus:
 
 # -- rows as read (shared by the device, booking and calibration tables) ----------------------
 
-def device_row(r: sqlite3.Row) -> DeviceRow:
+def device_row(r: Row) -> DeviceRow:
     return DeviceRow(name=r["name"], profile=r["profile"], port=r["port"], serial=r["serial"],
                      registered_by=r["registered_by"], registered_at=r["registered_at"],
                      removed=bool(r["removed"]), removed_by=r["removed_by"],
                      removed_at=r["removed_at"], model=r["model"],
                      profile_path=r["profile_path"], profile_sha256=r["profile_sha256"],
-                     port_real=r["port_real"])
+                     port_real=r["port_real"], room=r["room"])
 
 
-def booking_row(conn: sqlite3.Connection, r: sqlite3.Row) -> BookingRow:
+def booking_row(conn: Connection, r: Row) -> BookingRow:
     devices = {d["role"]: d["device"] for d in conn.execute(
         "SELECT role, device FROM booking_devices WHERE booking_id = ? ORDER BY position",
         (r["id"],))}
@@ -170,7 +174,7 @@ def booking_row(conn: sqlite3.Connection, r: sqlite3.Row) -> BookingRow:
         session_ids=tuple(json.loads(r["session_ids"])), profiles=json.loads(r["profiles"]))
 
 
-def calibration_row(r: sqlite3.Row) -> CalibrationRow:
+def calibration_row(r: Row) -> CalibrationRow:
     return CalibrationRow(
         id=int(r["id"]), device=r["device"], profile=r["profile"], technician=r["technician"],
         instrument=r["instrument"], instrument_id=r["instrument_id"],

@@ -1,49 +1,40 @@
-"""The records database file: connections, write transactions, schema migrations, write-failure
+"""The records database: connections, write transactions, schema migrations, write-failure
 listeners, the audit chain's append, and the owner locks that tell a crashed controller's open
-sessions from a live one's.
+sessions from a live one's, over one of two backends: an SQLite file on this PC
+(`sqlite_backend`, the default) or a PostgreSQL database shared by several rooms (`pg_backend`).
 
 Every part of `controller.records.store.RecordStore` (sessions, telemetry, devices, bookings,
-calibrations) writes through one `Database`, so they share one write lock and one audit chain.
+calibrations, accounts, notes) writes through one `Database`, so they share one write lock and
+one audit chain. Writes in this process are serialised by one lock; across processes and hosts
+the backend serialises them (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL).
 
-Durability (docs/design.md §2.9): WAL mode with ``synchronous=FULL``. NORMAL would survive a
-crash of the controller process but may lose the last commits on a power cut or an OS crash; a
-treatment record must survive those too, so each commit is fsynced.
-
-Threads: one SQLite connection per thread, made on first use. WAL lets readers work beside the
-session worker without blocking it or being blocked. Writes in this process are serialised by one
-lock and run as ``BEGIN IMMEDIATE`` transactions, which also makes the audit chain's
-read-last-hash-then-append atomic across processes (they wait up to `BUSY_TIMEOUT_S`).
-
-Owner locks: each store that opens a session holds an flock on ``<db>.owners/<token>.lock``; the
-OS drops it when the process dies, so a second controller running beside this one never has its
-live sessions marked interrupted.
+Threads: one connection per thread, made on first use (and made again when a PostgreSQL
+connection was lost).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from controller.records import integrity
 from controller.records.integrity import GENESIS_HASH
-from controller.records.schema import MIGRATIONS, SCHEMA_VERSION
+from controller.records.schema import SCHEMA_VERSION
+from controller.records.sql import Connection
+from controller.records.sqlite_backend import BUSY_TIMEOUT_S, SqliteBackend
+from controller.records.target import DbTarget, PgUrl, as_target
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: every open session counts as crashed
-    fcntl = None  # type: ignore[assignment]
+__all__ = ["BUSY_TIMEOUT_S", "Backend", "Database", "RecordsError", "default_db_path"]
 
 DB_ENV = "MODCTL_DB"
 DB_FILENAME = "records.sqlite3"
-BUSY_TIMEOUT_S = 5.0
 SYSTEM_ACTOR = "modctl"
 
 FailureListener = Callable[["RecordsError"], None]
@@ -51,33 +42,67 @@ FailureListener = Callable[["RecordsError"], None]
 WriteHook = Callable[[bool], None]
 _log = logging.getLogger(__name__)
 
-# sqlite messages → plain words for the operator.
-_PLAIN = (
-    ("not a database", "it is not a modctl records database, or it is damaged"),
-    ("malformed", "it is damaged (malformed database image)"),
-    ("readonly", "it is read-only: check the permissions of the file and its directory"),
-    ("disk is full", "the disk is full"),
-    ("unable to open", "it cannot be opened: directory missing or not writable"),
-    ("locked", "another program holds it locked"),
-)
-
 
 class RecordsError(Exception):
-    """The records database cannot be used; the message names the path and says why."""
+    """The records database cannot be used; the message names where it is and says why.
+    `unreachable`: a shared database's server could not be reached (not a records fault of
+    its own: see `controller.records.spool`)."""
 
-    def __init__(self, path: Path, message: str) -> None:
+    def __init__(self, path: DbTarget | str, message: str, *, unreachable: bool = False) -> None:
         super().__init__(f"records database {path}: {message}")
         self.path = path
+        self.unreachable = unreachable
+
+
+class RecordsConflict(RecordsError):
+    """The database itself refused a write that breaks one of its rules (a double booking,
+    a device registered twice): the caller says which rule, in its own words."""
+
+
+class Backend(Protocol):
+    """What `Database` needs of a backend (`SqliteBackend`, `PgBackend`)."""
+
+    errors: tuple[type[Exception], ...]
+    migrations: tuple[tuple[str, ...], ...]
+    shared: bool
+
+    @property
+    def where(self) -> str: ...
+    def exists(self) -> bool: ...
+    def connect(self) -> Connection: ...
+    def prepare(self, conn: Connection) -> str | None: ...
+    def begin_write(self, conn: Connection) -> None: ...
+    def begin_read(self, conn: Connection) -> None: ...
+    def broken(self, conn: Connection) -> bool: ...
+    def plain(self, exc: Exception) -> str: ...
+    def unreachable(self, exc: BaseException) -> bool: ...
+    def conflict(self, exc: BaseException) -> bool: ...
+    def hold_owner_lock(self, token: str) -> None: ...
+    def owner_alive(self, token: str) -> bool: ...
+    def release(self) -> None: ...
+
+
+def backend_for(target: DbTarget) -> Backend:
+    """The backend of a location; psycopg is imported only for a PostgreSQL URL."""
+    if isinstance(target, PgUrl):
+        try:
+            from controller.records.pg_backend import PgBackend
+        except ImportError as exc:
+            raise RecordsError(target, "PostgreSQL needs psycopg 3: pip install "
+                                       "'psycopg[binary]>=3.1'") from exc
+        return PgBackend(target)
+    return SqliteBackend(target)
 
 
 def default_db_path(explicit: str | os.PathLike[str] | None = None,
-                    env: Mapping[str, str] | None = None) -> Path:
-    """`--db` beats $MODCTL_DB beats $XDG_DATA_HOME/modctl beats ~/.local/share/modctl."""
+                    env: Mapping[str, str] | None = None) -> DbTarget:
+    """`--db` beats $MODCTL_DB beats $XDG_DATA_HOME/modctl beats ~/.local/share/modctl. A
+    ``postgresql://`` URL names a shared database (`PgUrl`); anything else is a file path."""
     env = os.environ if env is None else env
     if explicit:
-        return Path(explicit).expanduser()
+        return as_target(explicit)
     if env.get(DB_ENV):
-        return Path(env[DB_ENV]).expanduser()
+        return as_target(env[DB_ENV])
     xdg = env.get("XDG_DATA_HOME", "")
     if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative values
         return Path(xdg) / "modctl" / DB_FILENAME
@@ -92,13 +117,14 @@ def now_iso() -> str:
 
 # -- the audit chain's append (always inside a `Database.write` transaction) -----------------
 
-def next_audit_id(conn: sqlite3.Connection) -> int:
-    """The id the next audit entry will get (AUTOINCREMENT remembers deleted ones)."""
-    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
-    return 1 if seq is None else int(seq[0]) + 1
+def next_audit_id(conn: Connection) -> int:
+    """The id the next audit entry will get: `audit_high` keeps the highest id ever given
+    (a trigger raises it on every append), so a deleted tail of the chain shows."""
+    row = conn.execute("SELECT seq FROM audit_high").fetchone()
+    return 1 if row is None else int(row[0]) + 1
 
 
-def append_audit(conn: sqlite3.Connection, actor: str, action: str, subject: str,
+def append_audit(conn: Connection, actor: str, action: str, subject: str,
                  detail: Mapping[str, Any], rows: list[dict[str, Any]] | None = None,
                  entry_id: int | None = None) -> int:
     """Append an entry; `rows` are the references (with content hashes) of the rows this
@@ -116,70 +142,80 @@ def append_audit(conn: sqlite3.Connection, actor: str, action: str, subject: str
 
 
 class Database:
-    """One records database file. `connect` is where each transaction gets its thread's
+    """One records database. `connect` is where each transaction gets its thread's
     connection: `RecordStore` passes its own `_conn`, so a subclass may wrap every connection
     (the tests fill the disk that way); by default it is `connection`.
 
     Call `open` once before use; it creates or upgrades the tables."""
 
-    def __init__(self, path: Path, *,
-                 connect: Callable[[], sqlite3.Connection] | None = None) -> None:
+    def __init__(self, path: DbTarget, *,
+                 connect: Callable[[], Connection] | None = None) -> None:
         self.path = path
+        self.backend = backend_for(path)
         self._connect = connect or self.connection
         self._local = threading.local()
-        self._conns: dict[threading.Thread, sqlite3.Connection] = {}
+        self._conns: dict[threading.Thread, Connection] = {}
         self._conns_lock = threading.Lock()
         self._wlock = threading.Lock()
+        self._depth = threading.local()
         self._write_hooks: list[WriteHook] = []
         self._listeners: list[FailureListener] = []
         self._listeners_lock = threading.Lock()
         self.token = uuid.uuid4().hex
         """This store's owner token, written on the sessions it opens."""
-        self._owner_file: IO[str] | None = None
         self._owner_lock = threading.Lock()
+        self._owner_held = False
         self.closed = False
 
+    @property
+    def shared(self) -> bool:
+        """Whether several rooms may share this database (PostgreSQL)."""
+        return self.backend.shared
+
     def open(self, *, create: bool) -> None:
-        if not create and not self.path.exists():
+        if not create and not self.backend.exists():
             raise RecordsError(self.path, "no such file")
         with self.guard("open it"):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            mode = self._connect().execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise RecordsError(self.path, f"WAL mode unavailable here (got {mode!r})")
+            if isinstance(self.path, Path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            problem = self.backend.prepare(self._connect())
+        if problem:
+            raise RecordsError(self.path, problem)
         self._migrate()
 
     # -- connections and transactions ------------------------------------------------------
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection, made on first use."""
+    def connection(self) -> Connection:
+        """This thread's connection, made on first use (again after it was lost)."""
         if self.closed:
             raise RecordsError(self.path, "the store is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self.backend.broken(conn):
             return conn
-        # check_same_thread=False only so close() may close every thread's connection.
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn = self.backend.connect()
         with self._conns_lock:  # close the connections of threads that have ended
             for thread in [t for t in self._conns if not t.is_alive()]:
-                self._conns.pop(thread).close()
+                with suppress(Exception):
+                    self._conns.pop(thread).close()
+            old = self._conns.pop(threading.current_thread(), None)
+            if old is not None:
+                with suppress(Exception):
+                    old.close()
             self._conns[threading.current_thread()] = conn
         self._local.conn = conn
         return conn
 
     @contextmanager
     def guard(self, action: str) -> Iterator[None]:
-        """SQLite and OS errors become one RecordsError naming the file and `action`."""
+        """Database and OS errors become one RecordsError naming the database and `action`."""
         try:
             yield
-        except sqlite3.Error as exc:
-            text = str(exc)
-            plain = next((p for key, p in _PLAIN if key in text.lower()), text)
-            raise RecordsError(self.path, f"cannot {action}: {plain}") from exc
+        except self.backend.errors as exc:
+            if self.backend.conflict(exc):
+                raise RecordsConflict(self.path, f"cannot {action}: "
+                                                 f"{self.backend.plain(exc)}") from exc
+            raise RecordsError(self.path, f"cannot {action}: {self.backend.plain(exc)}",
+                               unreachable=self.backend.unreachable(exc)) from exc
         except OSError as exc:
             raise RecordsError(self.path, f"cannot {action}: {exc.strerror or exc}") from exc
 
@@ -189,41 +225,69 @@ class Database:
         self._write_hooks.append(hook)
 
     @contextmanager
-    def write(self, action: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the write lock. When the database fails it (not a
-        refusal by modctl's own checks), the failure listeners are told, outside the lock."""
+    def write(self, action: str, *, may_conflict: bool = False) -> Iterator[Connection]:
+        """One write transaction under the write lock. A write inside another on the same
+        thread joins it (the spool's replay wraps a record's write with its own bookkeeping).
+        When the database fails it (not a refusal by modctl's own checks, nor a shared server
+        out of reach: the spool's business), the failure listeners are told, outside the lock.
+        `may_conflict`: the database's own rules (a double booking, a device registered twice
+        in another room meanwhile) may refuse this write: RecordsConflict, no listener told."""
+        depth = getattr(self._depth, "n", 0)
+        if depth:
+            self._depth.n = depth + 1
+            try:
+                with self.guard(action):
+                    yield self._connect()
+            finally:
+                self._depth.n = depth
+            return
         try:
             with self.guard(action), self._wlock:
                 conn = self._connect()
-                conn.execute("BEGIN IMMEDIATE")
+                self.backend.begin_write(conn)
                 committed = False
+                self._depth.n = 1
                 try:
                     yield conn
                     conn.execute("COMMIT")
                     committed = True
                 except BaseException:
                     if conn.in_transaction:
-                        with suppress(sqlite3.Error):
+                        with suppress(*self.backend.errors):
                             conn.execute("ROLLBACK")
                     raise
                 finally:
+                    self._depth.n = 0
                     for hook in self._write_hooks:
                         hook(committed)
         except RecordsError as exc:
-            if isinstance(exc.__cause__, (sqlite3.Error, OSError)):
+            if may_conflict and isinstance(exc, RecordsConflict):
+                raise
+            if isinstance(exc.__cause__, (*self.backend.errors, OSError)) \
+                    and not exc.unreachable:
                 self.notify(exc)
             raise
 
     @contextmanager
-    def read(self, action: str) -> Iterator[sqlite3.Connection]:
-        """One snapshot for several queries; never blocks the writer (WAL)."""
+    def read(self, action: str) -> Iterator[Connection]:
+        """One snapshot for several queries; never blocks the writer."""
+        if getattr(self._depth, "n", 0):  # inside a write on this thread: read in it
+            with self.guard(action):
+                yield self._connect()
+            return
         with self.guard(action):
             conn = self._connect()
-            conn.execute("BEGIN")
+            self.backend.begin_read(conn)
             try:
                 yield conn
             finally:
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def verify_chain(self) -> bool:
+        """Whether the audit chain and every audited row check out now."""
+        with self.read("verify the audit trail") as conn:
+            return integrity.verify(conn).ok
 
     def audit(self, actor: str, action: str, subject: str,
               detail: Mapping[str, Any] | None = None) -> int:
@@ -265,7 +329,7 @@ class Database:
             if version > SCHEMA_VERSION:
                 raise RecordsError(self.path, f"made by a newer modctl (schema {version}, "
                                               f"this one knows {SCHEMA_VERSION})")
-            for step in MIGRATIONS[version:]:
+            for step in self.backend.migrations[version:]:
                 for statement in step:
                     conn.execute(statement)
             if 0 < version < SCHEMA_VERSION:
@@ -283,48 +347,27 @@ class Database:
         self.closed = True
         with self._conns_lock:
             for conn in self._conns.values():
-                conn.close()
+                with suppress(Exception):
+                    conn.close()
             self._conns.clear()
-        if self._owner_file is not None:
-            with suppress(OSError):
-                Path(self._owner_file.name).unlink()
-            self._owner_file.close()
+        self.backend.release()
 
     # -- owner locks (crash detection) -----------------------------------------------------
-
-    def _owner_path(self, token: str) -> Path:
-        return self.path.with_name(self.path.name + ".owners") / f"{token}.lock"
 
     def hold_owner_lock(self) -> None:
         """Hold this store's owner lock (from its first session on, until `close`). Taken
         once per store: sessions opening at once on several threads (the clinic service)
-        must not each flock it (a second flock of the same file fails)."""
-        if fcntl is None:
-            return
+        must not each take it."""
         with self._owner_lock:
-            if self._owner_file is not None:
+            if self._owner_held:
                 return
-            path = self._owner_path(self.token)
-            path.parent.mkdir(exist_ok=True)
-            handle = path.open("w")
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._owner_file = handle
+            self.backend.hold_owner_lock(self.token)
+            self._owner_held = True
 
     def owner_alive(self, token: str | None) -> bool:
         """Whether the store that wrote `token` on a session still runs."""
         if token == self.token:
             return True
-        if token is None or fcntl is None:
+        if token is None:
             return False
-        path = self._owner_path(token)
-        try:
-            handle = path.open("r")
-        except FileNotFoundError:
-            return False
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            path.unlink(missing_ok=True)  # its owner is gone: tidy up
-            return False
+        return self.backend.owner_alive(token)

@@ -7,11 +7,10 @@ and serial number, since the calibration gate could not tell them apart.
 
 from __future__ import annotations
 
-import sqlite3
-
 from controller.records import integrity
 from controller.records.clinic_tables import DEVICE_NAME, ClinicError, DeviceRow, device_row
-from controller.records.database import Database, append_audit, now_iso
+from controller.records.database import Database, RecordsConflict, append_audit, now_iso
+from controller.records.sql import Connection
 
 
 class DeviceTable:
@@ -23,43 +22,51 @@ class DeviceTable:
     def add_device(self, name: str, profile: str, port: str, actor: str, *,
                    serial: str | None = None, model: str | None = None,
                    profile_path: str = "", profile_sha256: str = "",
-                   port_real: str | None = None) -> DeviceRow:
+                   port_real: str | None = None, room: str | None = None) -> DeviceRow:
         """Register a device; `profile_path`/`profile_sha256` pin its profile file, `model` and
-        `serial` are what it reported, `port_real` the port's resolved real path."""
+        `serial` are what it reported, `port_real` the port's resolved real path, `room` the
+        treatment room whose PC it is plugged into (ports are only unique within a room)."""
         if not DEVICE_NAME.fullmatch(name):
             raise ClinicError(f"device name '{name}': use 1-40 letters, digits, '.', '_' or "
                               "'-', starting with a letter or digit")
         if not port.strip():
             raise ClinicError("port: empty; give the device path or pyserial URL")
-        with self._db.write("register a device") as conn:
-            old = conn.execute("SELECT * FROM devices WHERE name = ?", (name,)).fetchone()
-            if old is not None:
-                state = (f"was removed on {old['removed_at'][:10]}; names are never reused, "
-                         "because calibrations and bookings are kept by name"
-                         if old["removed"] else "is already registered")
-                raise ClinicError(f"device '{name}' {state}")
-            self._refuse_clash(conn, name, port, port_real, model, serial)
-            conn.execute("INSERT INTO devices (name, profile, port, serial, registered_by,"
-                         " registered_at, model, profile_path, profile_sha256, port_real)"
-                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (name, profile, port, serial, actor, now_iso(), model, profile_path,
-                          profile_sha256, port_real))
-            append_audit(conn, actor, "device.add", f"device/{name}",
-                         {"profile": profile, "port": port, "serial": serial,
-                          "model": model, "profile_path": profile_path,
-                          "profile_sha256": profile_sha256, "port_real": port_real},
-                         [integrity.ref(conn, "devices", name)])
-            return device_row(conn.execute("SELECT * FROM devices WHERE name = ?",
-                                           (name,)).fetchone())
+        try:
+            with self._db.write("register a device", may_conflict=True) as conn:
+                old = conn.execute("SELECT * FROM devices WHERE name = ?", (name,)).fetchone()
+                if old is not None:
+                    state = (f"was removed on {old['removed_at'][:10]}; names are never "
+                             "reused, because calibrations and bookings are kept by name"
+                             if old["removed"] else "is already registered")
+                    raise ClinicError(f"device '{name}' {state}")
+                self._refuse_clash(conn, name, port, port_real, model, serial, room)
+                conn.execute("INSERT INTO devices (name, profile, port, serial, registered_by,"
+                             " registered_at, model, profile_path, profile_sha256, port_real,"
+                             " room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (name, profile, port, serial, actor, now_iso(), model,
+                              profile_path, profile_sha256, port_real, room))
+                append_audit(conn, actor, "device.add", f"device/{name}",
+                             {"profile": profile, "port": port, "serial": serial,
+                              "model": model, "profile_path": profile_path,
+                              "profile_sha256": profile_sha256, "port_real": port_real,
+                              "room": room},
+                             [integrity.ref(conn, "devices", name)])
+                return device_row(conn.execute("SELECT * FROM devices WHERE name = ?",
+                                               (name,)).fetchone())
+        except RecordsConflict as exc:  # another room registered it meanwhile
+            raise ClinicError(f"device '{name}' cannot be registered: the database refused "
+                              f"it ({exc}); list the devices and try again") from None
 
     @staticmethod
-    def _refuse_clash(conn: sqlite3.Connection, name: str, port: str, port_real: str | None,
-                      model: str | None, serial: str | None) -> None:
-        """Another registered device on the same port (by name or real path) or with the same
-        reported identity is refused: the gate could not tell them apart."""
+    def _refuse_clash(conn: Connection, name: str, port: str, port_real: str | None,
+                      model: str | None, serial: str | None, room: str | None) -> None:
+        """Another registered device on the same port (by name or real path) of the same
+        room, or with the same reported identity, is refused: the gate could not tell them
+        apart."""
         other = conn.execute(
             "SELECT name FROM devices WHERE removed = 0 AND name <> ?2 AND (port IN (?1, ?3)"
-            " OR port_real IN (?1, ?3))", (port, name, port_real)).fetchone()
+            " OR port_real IN (?1, ?3)) AND COALESCE(room, '') = ?4",
+            (port, name, port_real, room or "")).fetchone()
         if other is not None:
             raise ClinicError(f"port {port} is already the port of device '{other[0]}'; "
                               "remove that device first")
@@ -83,7 +90,7 @@ class DeviceTable:
             if row is None or row["removed"]:
                 raise ClinicError(f"device '{name}' is not registered"
                                   + (" (it was removed)" if row is not None else ""))
-            self._refuse_clash(conn, name, port, port_real, model, serial)
+            self._refuse_clash(conn, name, port, port_real, model, serial, row["room"])
             conn.execute("UPDATE devices SET profile = ?, profile_path = ?, profile_sha256 = ?,"
                          " serial = ?, model = ?, port = ?, port_real = ? WHERE name = ?",
                          (profile, profile_path, profile_sha256, serial, model, port,
@@ -122,8 +129,8 @@ class DeviceTable:
 
     def devices(self, include_removed: bool = False) -> list[DeviceRow]:
         with self._db.read("list devices") as conn:
-            rows = conn.execute("SELECT * FROM devices WHERE ? OR removed = 0 ORDER BY name",
-                                (include_removed,)).fetchall()
+            rows = conn.execute("SELECT * FROM devices WHERE ? = 1 OR removed = 0 ORDER BY name",
+                                (int(include_removed),)).fetchall()
         return [device_row(r) for r in rows]
 
     def device(self, name: str) -> DeviceRow | None:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from controller.records.sql import Connection, Row
 
 GENESIS_HASH = "0" * 64
 BASELINE_ACTION = "records.baseline"
@@ -38,6 +39,9 @@ _KEY_SQL = {"sessions": ("id", "SELECT * FROM sessions"),
             "bookings": ("id", "SELECT * FROM bookings"),
             "users": ("name", "SELECT * FROM users"),
             "session_notes": ("id", "SELECT * FROM session_notes")}
+# The columns of a telemetry row, as hashed: PostgreSQL's table also has `rowid` (insertion
+# order, built into SQLite), which is not part of the record.
+SAMPLE_COLUMNS = "session_id, t_s, data, delivered_s, dose, batch"
 _ONE_SQL = {"sessions": "SELECT * FROM sessions WHERE id = ?",
             "calibrations": "SELECT * FROM calibrations WHERE id = ?",
             "devices": "SELECT * FROM devices WHERE name = ?",
@@ -63,7 +67,7 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _content(conn: sqlite3.Connection, table: str, row: sqlite3.Row) -> dict[str, Any]:
+def _content(conn: Connection, table: str, row: Row) -> dict[str, Any]:
     content = dict(row)
     if table == "bookings":  # a booking's devices are part of it
         content["devices"] = [list(d) for d in conn.execute(
@@ -72,39 +76,39 @@ def _content(conn: sqlite3.Connection, table: str, row: sqlite3.Row) -> dict[str
     return content
 
 
-def row_hash(conn: sqlite3.Connection, table: str, row: sqlite3.Row) -> str:
+def row_hash(conn: Connection, table: str, row: Row) -> str:
     return _sha(dumps(_content(conn, table, row)))
 
 
-def group_hash(rows: Iterable[sqlite3.Row]) -> tuple[int, str]:
+def group_hash(rows: Iterable[Row]) -> tuple[int, str]:
     """(count, hash) of rows whose order does not matter: their canonical texts, sorted."""
     texts = sorted(dumps(dict(r)) for r in rows)
     return len(texts), _sha(dumps(texts))
 
 
-def ref(conn: sqlite3.Connection, table: str, key: str | int) -> dict[str, Any]:
+def ref(conn: Connection, table: str, key: str | int) -> dict[str, Any]:
     """The audit reference of one keyed row (sessions, calibrations, devices, bookings)."""
     row = conn.execute(_ONE_SQL[table], (key,)).fetchone()
     return {"table": table, "key": str(key), "sha256": row_hash(conn, table, row)}
 
 
-def event_ref(conn: sqlite3.Connection, session_id: str, seq: int) -> dict[str, Any]:
+def event_ref(conn: Connection, session_id: str, seq: int) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM events WHERE session_id = ? AND seq = ?",
                        (session_id, seq)).fetchone()
     return {"table": "events", "key": f"{session_id}/{seq}",
             "sha256": _sha(dumps(dict(row)))}
 
 
-def batch_ref(conn: sqlite3.Connection, entry_id: int) -> dict[str, Any]:
-    count, digest = group_hash(conn.execute("SELECT * FROM samples WHERE batch = ?",
+def batch_ref(conn: Connection, entry_id: int) -> dict[str, Any]:
+    count, digest = group_hash(conn.execute(f"SELECT {SAMPLE_COLUMNS} FROM samples WHERE batch = ?",
                                             (entry_id,)))
     return {"table": "samples", "key": str(entry_id), "rows": count, "sha256": digest}
 
 
-def _per_session(rows: Iterable[sqlite3.Row]) -> Iterator[tuple[str, list[sqlite3.Row]]]:
+def _per_session(rows: Iterable[Row]) -> Iterator[tuple[str, list[Row]]]:
     """Rows ordered by session_id, grouped by it."""
     current: str | None = None
-    group: list[sqlite3.Row] = []
+    group: list[Row] = []
     for r in rows:
         if r["session_id"] != current:
             if current is not None:
@@ -115,7 +119,7 @@ def _per_session(rows: Iterable[sqlite3.Row]) -> Iterator[tuple[str, list[sqlite
         yield current, group
 
 
-def baseline(conn: sqlite3.Connection) -> dict[str, Any] | None:
+def baseline(conn: Connection) -> dict[str, Any] | None:
     """Hashes of every row now (the detail of a baseline entry), or None when there are none."""
     out: dict[str, Any] = {}
     for table in KEYED_TABLES:
@@ -128,7 +132,8 @@ def baseline(conn: sqlite3.Connection) -> dict[str, Any] | None:
         out["events"][sid] = {"max_seq": max(int(r["seq"]) for r in rows), "rows": count,
                               "sha256": digest}
     out["samples"] = {}
-    for sid, rows in _per_session(conn.execute("SELECT * FROM samples ORDER BY session_id")):
+    for sid, rows in _per_session(conn.execute(
+            f"SELECT {SAMPLE_COLUMNS} FROM samples ORDER BY session_id")):
         count, digest = group_hash(rows)
         out["samples"][sid] = {"rows": count, "sha256": digest}
     if not any(out.values()):
@@ -195,13 +200,13 @@ class _Problem(Exception):
         self.table, self.key = table, key
 
 
-def verify(conn: sqlite3.Connection, expect_head: str | None = None) -> VerifyResult:
+def verify(conn: Connection, expect_head: str | None = None) -> VerifyResult:
     """Check the chain and every audited row against it, in one read snapshot (`conn`).
 
     `expect_head`: a head written down earlier; it must still be the hash of an entry of the
     chain (the chain only grows), else the chain was rewritten or cut since."""
     rows = conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
-    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+    seq = conn.execute("SELECT seq FROM audit_high").fetchone()
     expected = _Expected()
     prev, last_id = GENESIS_HASH, 0
     want = None if expect_head is None else expect_head.lower()
@@ -251,7 +256,7 @@ _UNAUDITED = ("has no audit entry: it was written outside modctl, or its entry w
               "(an emptied or shortened audit trail)")
 
 
-def _check_keyed(conn: sqlite3.Connection, expected: _Expected) -> None:
+def _check_keyed(conn: Connection, expected: _Expected) -> None:
     for table in KEYED_TABLES:
         key_col, sql = _KEY_SQL[table]
         seen: set[str] = set()
@@ -270,7 +275,7 @@ def _check_keyed(conn: sqlite3.Connection, expected: _Expected) -> None:
                                            f"{entry_id}, is gone: it was deleted")
 
 
-def _check_events(conn: sqlite3.Connection, expected: _Expected) -> None:
+def _check_events(conn: Connection, expected: _Expected) -> None:
     seen: set[tuple[str, int]] = set()
     sessions_seen: set[str] = set()
     for sid, rows in _per_session(conn.execute(
@@ -304,13 +309,14 @@ def _check_events(conn: sqlite3.Connection, expected: _Expected) -> None:
                                                      "was deleted")
 
 
-def _check_samples(conn: sqlite3.Connection, expected: _Expected) -> None:
-    def in_base(r: sqlite3.Row) -> bool:
+def _check_samples(conn: Connection, expected: _Expected) -> None:
+    def in_base(r: Row) -> bool:
         base = expected.samples_base.get(r["session_id"])
         return base is not None and (r["batch"] is None or int(r["batch"]) < base[0])
 
     based: set[str] = set()
-    for sid, rows in _per_session(conn.execute("SELECT * FROM samples ORDER BY session_id")):
+    for sid, rows in _per_session(conn.execute(
+            f"SELECT {SAMPLE_COLUMNS} FROM samples ORDER BY session_id")):
         base = expected.samples_base.get(sid)
         if base is not None:
             based.add(sid)
@@ -328,9 +334,10 @@ def _check_samples(conn: sqlite3.Connection, expected: _Expected) -> None:
             raise _Problem("samples", sid, f"the telemetry of session {sid}, recorded by the "
                                            f"baseline audit entry {entry_id}, is gone")
     found: dict[int, tuple[int, str]] = {}
-    batch_rows = conn.execute("SELECT * FROM samples WHERE batch IS NOT NULL ORDER BY batch")
+    batch_rows = conn.execute(f"SELECT {SAMPLE_COLUMNS} FROM samples WHERE batch IS NOT NULL"
+                              " ORDER BY batch")
     current: int | None = None
-    members: list[sqlite3.Row] = []
+    members: list[Row] = []
     for r in [*batch_rows, None]:
         if r is None or int(r["batch"]) != current:
             if current is not None:

@@ -13,12 +13,12 @@ naming the field).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from controller.records import integrity
 from controller.records.database import Database, append_audit, now_iso
+from controller.records.sql import Connection, Row
 
 PAIN_MIN = 0
 PAIN_MAX = 10
@@ -58,7 +58,7 @@ class NoteRow:
                 "text": self.text, "actor": self.actor, "recorded_at": self.recorded_at}
 
 
-def _row(r: sqlite3.Row) -> NoteRow:
+def _row(r: Row) -> NoteRow:
     return NoteRow(id=int(r["id"]), session_id=r["session_id"], body_site=r["body_site"],
                    skin_before=r["skin_before"], skin_after=r["skin_after"],
                    pain_before=r["pain_before"], pain_after=r["pain_after"], text=r["text"],
@@ -127,10 +127,10 @@ class NoteTable:
             cursor = conn.execute(
                 "INSERT INTO session_notes (session_id, body_site, skin_before, skin_after,"
                 " pain_before, pain_after, text, actor, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (sid, values["body_site"], values["skin_before"], values["skin_after"],
                  values["pain_before"], values["pain_after"], values["text"], who, now_iso()))
-            note_id = int(cursor.lastrowid or 0)
+            note_id = int(cursor.fetchone()[0])
             append_audit(conn, who, "session.note", sid, {"note": note_id, "fields": given},
                          [integrity.ref(conn, "session_notes", note_id)])
             row = conn.execute("SELECT * FROM session_notes WHERE id = ?", (note_id,)).fetchone()
@@ -143,7 +143,7 @@ class NoteTable:
                                 (session_id,)).fetchall()
         return [_row(r) for r in rows]
 
-    def _session_id(self, conn: sqlite3.Connection, session_id: str) -> str:
+    def _session_id(self, conn: Connection, session_id: str) -> str:
         wanted = (session_id or "").strip().upper()
         if not wanted.isascii() or not wanted.isalnum():  # LIKE would read % and _ as wildcards
             raise NoteError(f"session_id: {session_id!r} is not a session id")

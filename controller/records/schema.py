@@ -4,10 +4,16 @@ Append a step, never edit one: databases in the field were made by the earlier s
 Step 1: sessions, events, telemetry and the audit trail; step 2: the clinic's devices, bookings
 and calibrations; step 3: row hashes in the audit chain, profile hashes, device-reported elapsed
 time, and what a device is (model, serial, resolved port, pinned profile file); step 4: the
-clinic service's user accounts; step 5: clinical notes on sessions.
+clinic service's user accounts; step 5: clinical notes on sessions; step 6: the rooms sharing a
+database (`rooms`, `devices.room`), the spool's replay ledger, and `audit_high` in place of
+SQLite's own sequence table, so both backends read the chain's highest id with one query.
+
+PostgreSQL's tables are `controller.records.pg_schema.PG_MIGRATIONS`, numbered the same.
 """
 
 from __future__ import annotations
+
+from controller.records.pg_schema import ROOM_TABLES
 
 SESSION_TABLES: tuple[str, ...] = (
     """CREATE TABLE sessions (
@@ -123,6 +129,22 @@ NOTES_MIGRATION: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'clinical notes are append-only: add a new note'); END""",
 )
 
+# Step 6: several rooms on one database (docs/design.md §6.4). `audit_high` starts from what
+# SQLite's AUTOINCREMENT remembered, and a trigger raises it on every append.
+ROOMS_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE devices ADD COLUMN room TEXT",
+    "CREATE TABLE audit_high (seq INTEGER NOT NULL)",
+    """INSERT INTO audit_high SELECT COALESCE(
+        (SELECT seq FROM sqlite_sequence WHERE name = 'audit'), 0)""",
+    """CREATE TRIGGER audit_high_bump AFTER INSERT ON audit
+        BEGIN UPDATE audit_high SET seq = MAX(seq, NEW.id); END""",
+    """CREATE TRIGGER audit_high_no_lower BEFORE UPDATE ON audit_high WHEN NEW.seq < OLD.seq
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+    """CREATE TRIGGER audit_high_no_delete BEFORE DELETE ON audit_high
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+    *ROOM_TABLES,
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SESSION_TABLES,
     CLINIC_MIGRATION,
@@ -137,5 +159,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     USERS_MIGRATION,
     NOTES_MIGRATION,
+    ROOMS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

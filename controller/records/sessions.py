@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from controller.records.database import (
     next_audit_id,
     now_iso,
 )
+from controller.records.sql import Connection, Row
 from controller.records.telemetry import Telemetry
 
 EVENT_KINDS = ("state", "command", "reply", "decision", "fault", "note")
@@ -124,13 +124,13 @@ class SessionLog:
                          {"identity": dict(identity)},
                          [integrity.ref(conn, "sessions", session_id)])
 
-    def _open_row(self, conn: sqlite3.Connection, session_id: str) -> sqlite3.Row:
+    def _open_row(self, conn: Connection, session_id: str) -> Row:
         row = conn.execute("SELECT status, operator FROM sessions WHERE id = ?",
                            (session_id,)).fetchone()
         if row is None or row["status"] != "open":
             state = "unknown" if row is None else row["status"]
             raise RecordsError(self._db.path, f"session {session_id} is {state}, not open")
-        return row  # type: ignore[no-any-return]
+        return row
 
     def close(self, session_id: str, outcome: str, reason: str, stop_source: str | None,
               delivered_s: float, dose: Mapping[str, Any] | None,
@@ -222,8 +222,9 @@ class SessionLog:
         with self._db.read("list sessions") as conn:
             rows = conn.execute(
                 "SELECT * FROM sessions WHERE (?1 IS NULL OR patient = ?1)"
-                " AND (?2 IS NULL OR profile = ?2) ORDER BY started_at DESC, id DESC LIMIT ?3",
-                (patient, profile, -1 if limit is None else limit)).fetchall()
+                " AND (?2 IS NULL OR profile = ?2) ORDER BY started_at DESC, id DESC"
+                + ("" if limit is None else f" LIMIT {int(limit)}"),
+                (patient, profile)).fetchall()
         return [_row(r) for r in rows]
 
     def get(self, session_id: str) -> SessionRow | None:
@@ -244,7 +245,7 @@ class SessionLog:
             return [_session(conn, sid) for sid in ids]
 
 
-def _insert_event(conn: sqlite3.Connection, sid: str, t_s: float, kind: str,
+def _insert_event(conn: Connection, sid: str, t_s: float, kind: str,
                   detail: Mapping[str, Any], delivered_s: float | None,
                   dose: str | None) -> int:
     seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events"
@@ -254,15 +255,15 @@ def _insert_event(conn: sqlite3.Connection, sid: str, t_s: float, kind: str,
     return seq
 
 
-def _latest(conn: sqlite3.Connection, sid: str, column: str) -> Any:
+def _latest(conn: Connection, sid: str, column: str) -> Any:
     row = conn.execute(
         f"SELECT {column} FROM (SELECT t_s, {column} FROM events WHERE session_id = ?1"
-        f" UNION ALL SELECT t_s, {column} FROM samples WHERE session_id = ?1)"
+        f" UNION ALL SELECT t_s, {column} FROM samples WHERE session_id = ?1) AS latest"
         f" WHERE {column} IS NOT NULL ORDER BY t_s DESC LIMIT 1", (sid,)).fetchone()
     return None if row is None else row[0]
 
 
-def _row(r: sqlite3.Row, events: tuple[EventRow, ...] = ()) -> SessionRow:
+def _row(r: Row, events: tuple[EventRow, ...] = ()) -> SessionRow:
     return SessionRow(
         id=r["id"], profile=r["profile"], port=r["port"], identity=_loads(r["identity"]),
         operator=r["operator"], patient=r["patient"],
@@ -274,7 +275,7 @@ def _row(r: sqlite3.Row, events: tuple[EventRow, ...] = ()) -> SessionRow:
         device_elapsed_s=r["device_elapsed_s"])
 
 
-def _session(conn: sqlite3.Connection, sid: str) -> SessionRow:
+def _session(conn: Connection, sid: str) -> SessionRow:
     events = tuple(
         EventRow(e["seq"], e["t_s"], e["at"], e["kind"], _loads(e["detail"]),
                  e["delivered_s"], _loads(e["dose"]))

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from controller.records import integrity
 from controller.records.booking_table import BookingTable
@@ -58,7 +57,9 @@ from controller.records.device_table import DeviceTable
 from controller.records.export import ExportFormat, export_sessions
 from controller.records.integrity import GENESIS_HASH, VerifyResult
 from controller.records.notes_table import NoteError, NoteRow, NoteTable
+from controller.records.room_table import RoomTable
 from controller.records.schema import MIGRATIONS, SCHEMA_VERSION
+from controller.records.session_writes import SessionWrites
 from controller.records.sessions import (
     EVENT_KINDS,
     EventRow,
@@ -66,6 +67,8 @@ from controller.records.sessions import (
     SessionRow,
     new_session_id,
 )
+from controller.records.sql import Connection
+from controller.records.target import DbTarget, as_target
 from controller.records.telemetry import SampleRow, Telemetry
 from controller.records.user_table import UserRow, UserTable
 
@@ -78,14 +81,16 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class RecordStore:
     """The records database. Use as a context manager, or call `close()` once the other
     threads using it are done (it closes every thread's connection)."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
-        self.path = Path(path) if path is not None else default_db_path()
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True,
+                 spool_dir: Path | None = None) -> None:
+        self.path: DbTarget = as_target(path) if path is not None else default_db_path()
         # Every part gets its connections through `_conn`, so a subclass may wrap them all.
         self._db = Database(self.path, connect=self._conn)
         self._samples = Telemetry(self._db)
@@ -95,17 +100,32 @@ class RecordStore:
         self._calibrations = CalibrationTable(self._db)
         self._users = UserTable(self._db)
         self._notes = NoteTable(self._db)
+        self.rooms = RoomTable(self._db)
+        """The rooms sharing this database: heartbeats and what each is doing."""
         self._db.open(create=create)
+        # A shared database out of reach must not stop a treatment: its sessions' writes go
+        # to a local spool (controller.records.spool). A local file's failure is a records
+        # fault, as ever.
+        self._writes = SessionWrites(self._db, self._sessions, self._samples, spool_dir)
+
+    @property
+    def shared(self) -> bool:
+        """Whether several rooms may share this database (PostgreSQL)."""
+        return self._db.shared
+
+    def spooled(self) -> int:
+        """How many writes wait in the local spool for the database to come back."""
+        return self._writes.waiting()
 
     # -- connections and transactions (the hooks tests use to reach the file) --------------
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> Connection:
         return self._db.connection()
 
-    def _write(self, action: str) -> AbstractContextManager[sqlite3.Connection]:
+    def _write(self, action: str) -> AbstractContextManager[Connection]:
         return self._db.write(action)
 
-    def _read(self, action: str) -> AbstractContextManager[sqlite3.Connection]:
+    def _read(self, action: str) -> AbstractContextManager[Connection]:
         return self._db.read(action)
 
     def add_failure_listener(self, callback: FailureListener) -> None:
@@ -131,6 +151,7 @@ class RecordStore:
             _log.error("%s; %d telemetry sample(s) could not be written before closing",
                        exc, self._samples.waiting())
         finally:
+            self._writes.close()
             self._db.close()
 
     def __enter__(self) -> Self:
@@ -146,7 +167,9 @@ class RecordStore:
                      planned_s: float, profile_path: str = "",
                      profile_sha256: str = "") -> str:
         """Record a new open session; `prescription` is as applied, with the limits used, and
-        `profile_path`/`profile_sha256` name the profile file it runs on."""
+        `profile_path`/`profile_sha256` name the profile file it runs on. Refused (SpoolActive)
+        while the shared database is out of reach."""
+        self._writes.refuse_while_spooling()
         return self._sessions.open(
             profile=profile, port=port, identity=identity, operator=operator, patient=patient,
             prescription=prescription, planned_s=planned_s, profile_path=profile_path,
@@ -155,7 +178,7 @@ class RecordStore:
     def set_session_identity(self, session_id: str, identity: Mapping[str, Any]) -> None:
         """Record what the device reported at identification (model, serial, firmware, ...)
         on the open session."""
-        self._sessions.set_identity(session_id, identity)
+        self._writes.identity(session_id, identity)
 
     def close_session(self, session_id: str, outcome: str, reason: str,
                       stop_source: str | None, delivered_s: float,
@@ -164,8 +187,8 @@ class RecordStore:
         """Close the session (its buffered telemetry is written in the same transaction);
         `device_elapsed_s` is the device's own report of its output time, kept beside the
         host-measured `delivered_s`."""
-        self._sessions.close(session_id, outcome, reason, stop_source, delivered_s, dose,
-                             device_elapsed_s)
+        self._writes.close_session(session_id, outcome, reason, stop_source, delivered_s, dose,
+                                   device_elapsed_s)
 
     def mark_interrupted_sessions(self) -> list[SessionRow]:
         """Mark sessions whose controller died as interrupted. Nothing is ever resumed."""
@@ -178,7 +201,8 @@ class RecordStore:
 
         `t_s` defaults to monotonic seconds since `open_session` in this store. Pending telemetry
         and the event's audit entry ride along in the same transaction, at no extra fsync."""
-        return self._sessions.add_event(session_id, kind, detail, t_s, delivered_s, dose)
+        return self._writes.event(session_id, kind, detail,
+                                  self._sessions.offset(session_id, t_s), delivered_s, dose)
 
     # -- telemetry (Telemetry) -------------------------------------------------------------
 
@@ -198,8 +222,9 @@ class RecordStore:
 
     def flush(self) -> None:
         """Write buffered telemetry now. On failure the samples stay buffered, in order, for
-        the next try; the failure listeners are told and RecordsError is raised."""
-        self._samples.flush()
+        the next try; the failure listeners are told and RecordsError is raised. While a shared
+        database is out of reach they go to the local spool instead."""
+        self._writes.flush()
 
     def flush_quietly(self) -> None:
         """`flush()` for a periodic job: a failure has reached the failure listeners (and the
@@ -220,8 +245,9 @@ class RecordStore:
     def audit(self, actor: str, action: str, subject: str,
               detail: Mapping[str, Any] | None = None) -> int:
         """Append one audit entry; returns its id. `detail` may not use the key "rows" (row
-        hashes are only written by the store itself)."""
-        return self._db.audit(actor, action, subject, detail)
+        hashes are only written by the store itself). Spooled (id 0) while a shared database
+        is out of reach."""
+        return self._writes.audit(actor, action, subject, detail)
 
     def verify_audit(self, expect_head: str | None = None) -> VerifyResult:
         """Check the audit chain and every audited row against it (see
@@ -274,10 +300,11 @@ class RecordStore:
     def add_device(self, name: str, profile: str, port: str, actor: str, *,
                    serial: str | None = None, model: str | None = None,
                    profile_path: str = "", profile_sha256: str = "",
-                   port_real: str | None = None) -> DeviceRow:
+                   port_real: str | None = None, room: str | None = None) -> DeviceRow:
         return self._devices.add_device(name, profile, port, actor, serial=serial, model=model,
                                         profile_path=profile_path,
-                                        profile_sha256=profile_sha256, port_real=port_real)
+                                        profile_sha256=profile_sha256, port_real=port_real,
+                                        room=room)
 
     def pin_device(self, name: str, *, profile: str, profile_path: str, profile_sha256: str,
                    serial: str | None, model: str | None, port: str, port_real: str | None,

@@ -12,7 +12,6 @@ writes it; at most `SAMPLE_BUFFER_MAX` samples wait like this.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from controller.records.database import (
     append_audit,
     next_audit_id,
 )
+from controller.records.sql import Connection
 
 # Telemetry is batched: a crash loses at most this much of it (events are never batched).
 SAMPLE_FLUSH_S = 1.0
@@ -108,7 +108,25 @@ class Telemetry:
                 subject = ",".join(sorted({s[0] for s in self._in_flight}))
                 append_audit(conn, SYSTEM_ACTOR, "samples.write", subject, {}, refs, entry_id)
 
-    def drain(self, conn: sqlite3.Connection, entry_id: int) -> list[dict[str, Any]]:
+    def take_pending(self) -> list[Sample]:
+        """Take every buffered sample out (for the spool while the database is out of reach)."""
+        with self._lock:
+            batch, self.pending = self.pending, []
+            self._last_flush = time.monotonic()
+        return batch
+
+    def write_batch(self, batch: list[Sample]) -> None:
+        """Write `batch` (spooled samples) as one batch under one audit entry."""
+        with self._db.write("record spooled telemetry") as conn:
+            entry_id = next_audit_id(conn)
+            conn.executemany("INSERT INTO samples (session_id, t_s, data, delivered_s, dose,"
+                             " batch) VALUES (?, ?, ?, ?, ?, ?)",
+                             [(*s, entry_id) for s in batch])
+            subject = ",".join(sorted({s[0] for s in batch}))
+            append_audit(conn, SYSTEM_ACTOR, "samples.write", subject, {},
+                         [integrity.batch_ref(conn, entry_id)], entry_id)
+
+    def drain(self, conn: Connection, entry_id: int) -> list[dict[str, Any]]:
         """Insert the buffered samples as the batch of audit entry `entry_id`, in the write
         transaction under way; return its row reference (none when nothing was buffered)."""
         with self._lock:

@@ -12,13 +12,13 @@ password without the hash's random salt, which stays in the table.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.records import integrity
 from controller.records.database import Database, append_audit, now_iso
+from controller.records.sql import Connection, Row
 
 
 class UserTableError(Exception):
@@ -37,7 +37,11 @@ class UserRow:
     changed_at: str
 
 
-def _row(r: sqlite3.Row) -> UserRow:
+# Names compare without case (ASCII), on both backends.
+_BY_NAME = "SELECT * FROM users WHERE lower(name) = lower(?)"
+
+
+def _row(r: Row) -> UserRow:
     return UserRow(name=r["name"], role=r["role"], password_hash=r["password_hash"],
                    disabled=bool(r["disabled"]), created_by=r["created_by"],
                    created_at=r["created_at"], changed_by=r["changed_by"],
@@ -52,8 +56,8 @@ def _after(previous: str) -> str:
     return max(now, floor).isoformat(timespec="milliseconds")
 
 
-def _ref(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
-    row = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+def _ref(conn: Connection, name: str) -> dict[str, Any]:
+    row = conn.execute(_BY_NAME, (name,)).fetchone()
     return {"table": "users", "key": row["name"],
             "sha256": integrity.row_hash(conn, "users", row)}
 
@@ -66,7 +70,7 @@ class UserTable:
 
     def add_user(self, name: str, role: str, password_hash: str, actor: str) -> UserRow:
         with self._db.write("add an account") as conn:
-            old = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+            old = conn.execute(_BY_NAME, (name,)).fetchone()
             if old is not None:
                 state = " (disabled; names are never reused)" if old["disabled"] else ""
                 raise UserTableError(f"user '{old['name']}' already exists{state}")
@@ -113,16 +117,16 @@ class UserTable:
     def user(self, name: str) -> UserRow | None:
         """The account of that name, in any case; disabled ones included."""
         with self._db.read("read an account") as conn:
-            row = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+            row = conn.execute(_BY_NAME, (name,)).fetchone()
         return None if row is None else _row(row)
 
     @staticmethod
-    def _get(conn: sqlite3.Connection, name: str) -> UserRow:
-        return _row(conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
+    def _get(conn: Connection, name: str) -> UserRow:
+        return _row(conn.execute(_BY_NAME, (name,)).fetchone())
 
     @staticmethod
-    def _existing(conn: sqlite3.Connection, name: str) -> UserRow:
-        r = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+    def _existing(conn: Connection, name: str) -> UserRow:
+        r = conn.execute(_BY_NAME, (name,)).fetchone()
         if r is None:
             raise UserTableError(f"user '{name}' does not exist")
         row = _row(r)

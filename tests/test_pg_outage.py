@@ -1,0 +1,154 @@
+"""A PostgreSQL outage mid-session: the treatment goes on, its records are spooled to a local
+fsynced file and replayed in order when the server is back, nothing lost, nothing duplicated,
+and new sessions are refused meanwhile (issue 14 §3). A private server is really stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.records import spool as spool_module
+from controller.records.spool import SpoolActive
+from controller.records.store import RecordStore
+from tests.conftest import SimFactory
+from tests.session_helpers import history
+from tests.support.pg_server import PrivatePostgres
+
+# The spool retries every RETRY_S; a replay must be done within a few of them.
+REPLAY_WAIT_S = 10.0
+SESSION_S = 4.0
+
+
+@pytest.fixture
+def server() -> Iterator[PrivatePostgres]:
+    pg = PrivatePostgres()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.close()
+
+
+@pytest.fixture(autouse=True)
+def quick_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_module, "RETRY_S", 0.2)
+
+
+def open_one(store: RecordStore, patient: str = "P-001") -> str:
+    return store.open_session(profile="hc-200", port="/dev/pts/9", identity={},
+                              operator="alice", patient=patient, planned_s=600.0,
+                              prescription={"temperature_c": 40.0})
+
+
+def wait_replayed(store: RecordStore) -> None:
+    deadline = time.monotonic() + REPLAY_WAIT_S
+    while store.spooled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.spooled() == 0, "the spool was not replayed"
+
+
+def test_an_outage_mid_session_is_spooled_and_replayed_once(
+        server: PrivatePostgres, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    with RecordStore(server.url, spool_dir=spool_dir) as store:
+        sid = open_one(store)
+        store.set_session_identity(sid, {"model": "HC-200", "serial": "A1"})
+        store.add_event(sid, "state", {"state": "running"}, t_s=0.1)
+        for i in range(5):
+            store.add_sample(sid, {"elapsed_s": i * 0.1, "temperature_c": 40.0}, t_s=i * 0.1)
+        server.stop()
+        # The session's writes go on without an error, to the spool, durable on return.
+        for i in range(5, 12):
+            store.add_sample(sid, {"elapsed_s": i * 0.1, "temperature_c": 40.0}, t_s=i * 0.1)
+        store.add_event(sid, "decision", {"why": "planned end"}, t_s=1.2)
+        store.flush()
+        store.close_session(sid, "completed", "planned end", "controller", 1.2,
+                            {"cem43_min": 0.5})
+        assert store.spooled() >= 3
+        lines = [json.loads(x) for x in store._writes.spool.path.read_text().splitlines()]  # type: ignore[union-attr]
+        assert [e["op"] for e in lines][-2:] == ["event", "close"] or \
+            [e["op"] for e in lines][-1] == "close"
+        # New sessions wait for the database.
+        with pytest.raises(SpoolActive, match="new sessions wait"):
+            open_one(store, "P-002")
+        server.start()
+        wait_replayed(store)
+        row = store.get_session(sid)
+        assert row is not None and row.status == "closed" and row.outcome == "completed"
+        assert [e.kind for e in row.events] == ["state", "decision"]  # once each, in order
+        samples = store.get_samples(sid)
+        assert [s.t_s for s in samples] == pytest.approx([i * 0.1 for i in range(12)])
+        result = store.verify_audit()
+        assert result.ok, result.reason
+        assert store._writes.spool.replayed[-1]["verified"] is True  # type: ignore[union-attr]
+        assert not store._writes.spool.path.exists()  # type: ignore[union-attr]
+        # New sessions start again.
+        assert open_one(store, "P-003")
+
+
+def test_a_spool_left_by_a_process_that_died_is_replayed_by_the_next_store(
+        server: PrivatePostgres, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    first = RecordStore(server.url, spool_dir=spool_dir)
+    sid = open_one(first)
+    server.stop()
+    first.add_event(sid, "state", {"state": "running"}, t_s=0.5)
+    first.close_session(sid, "completed", "planned end", "controller", 1.0, None)
+    # The process dies: its spool stays on disk (its flock goes with the process).
+    first._writes.spool.close()  # type: ignore[union-attr]
+    server.start()
+    with RecordStore(server.url, spool_dir=spool_dir) as second:
+        row = second.get_session(sid)
+        assert row is not None and row.status == "closed"
+        assert [e.kind for e in row.events] == ["state"]
+        assert second.verify_audit().ok
+    assert list(spool_dir.glob("*.jsonl")) == []
+
+
+@pytest.mark.parametrize("back", ["during", "after"])
+def test_a_real_session_runs_to_its_end_through_an_outage(
+        back: str, server: PrivatePostgres, tmp_path: Path, sim_device: SimFactory) -> None:
+    device = sim_device("hc-200")
+    env = {**os.environ, "MODCTL_SPOOL": str(tmp_path / "spool")}
+    argv = [sys.executable, "-m", "controller.cli.main", "session", "run", "hc-200",
+            "--port", device.port, "--duration", f"{SESSION_S:g}", "--json",
+            "--set", "temperature_c=40", "--db", server.url, "--patient", "P-0042"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(c.on for c in history(device)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the output never started"
+            time.sleep(0.02)
+        time.sleep(0.5)
+        server.stop()  # mid-session
+        if back == "during":
+            time.sleep(1.0)
+            server.start()
+        out, err = proc.communicate(timeout=SESSION_S + 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    report = json.loads(out.strip().splitlines()[-1])
+    assert (proc.returncode, report["outcome"]) == (0, "completed"), err
+    assert [c.on for c in history(device)] == [True, False]  # stopped once, by the controller
+    if back == "after":
+        assert list((tmp_path / "spool").glob("*.jsonl")), "nothing was kept in the spool"
+        server.start()
+    with RecordStore(server.url, spool_dir=tmp_path / "spool") as store:
+        row = store.get_session(report["session_id"])
+        assert row is not None and (row.status, row.outcome) == ("closed", "completed")
+        # Every event of the session's own timeline, once each, in order.
+        assert [(e.kind, e.detail) for e in row.events] == \
+            [(e["kind"], e["detail"]) for e in report["events"]]
+        assert store.get_samples(row.id), "no telemetry"
+        assert store.verify_audit().ok
+    assert list((tmp_path / "spool").glob("*.jsonl")) == []
