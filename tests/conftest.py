@@ -1,4 +1,5 @@
-"""Shared fixtures: simulated devices on real pseudo-terminals; how xdist shares the tests."""
+"""Shared fixtures: simulated devices on real pseudo-terminals, a PostgreSQL schema (`pg_url`);
+how xdist shares the tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from controller.profiles.loader import resolve_profile
 from controller.profiles.model import Profile
 from simulator.faults import FaultPlan
 from simulator.server import SimulatedDevice
+from tests.support.pg import pg_url  # noqa: F401 - a fresh PostgreSQL schema per test
 
 SimFactory = Callable[..., SimulatedDevice]
 

@@ -35,29 +35,35 @@ def run(*argv: str) -> int:
 
 @pytest.fixture
 def day(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A mixed clinic day: heat with notes, cold, ultrasound, TENS, one stopped by the
-    patient, one refused, and a session of another patient."""
+    """`a_mixed_day` in an SQLite file."""
     path = tmp_path / "records.sqlite3"
     with RecordStore(path) as store:
-        ids = {"heat": record_session(store, "P-0042", "thermal", HEAT_44, close=False,
-                                      values={"temperature_c": 44.0})}
-        store.set_session_identity(ids["heat"], {"model": "18499", "serial": "HC-1001",
-                                                 "firmware": "100"})
-        store.close_session(ids["heat"], "completed", "planned duration delivered",
-                            "controller", 60.0, HEAT_44)
-        store.add_note(ids["heat"], actor="carol", body_site="left knee",
-                       skin_before="intact", skin_after="mild redness", pain_before=6,
-                       pain_after=3, text="Tolerated well.")
-        ids["cold"] = record_session(store, "P-0042", "thermal",
-                                     {"min_pad_temp_c": 12.2, "output_s": 600.0},
-                                     regimes=("cold",), values={"temperature_c": 12.0})
-        ids["us"] = record_session(store, "P-0042", "ultrasound", {**US_CONT, "era_cm2": 5.0},
-                                   delivered_s=300.0)
-        ids["tens"] = record_session(store, "P-0107", "tens", TENS_25, delivered_s=1200.0)
-        ids["aborted"] = record_session(store, "P-0042", "tens", TENS_25, outcome="aborted")
-        ids["rejected"] = record_session(store, "P-0042", "ultrasound", None,
-                                         outcome="rejected", delivered_s=0.0)
+        ids = a_mixed_day(store)
     yield path, ids
+
+
+def a_mixed_day(store: RecordStore) -> dict[str, str]:
+    """A mixed clinic day: heat with notes, cold, ultrasound, TENS, one stopped by the
+    patient, one refused, and a session of another patient."""
+    ids = {"heat": record_session(store, "P-0042", "thermal", HEAT_44, close=False,
+                                  values={"temperature_c": 44.0})}
+    store.set_session_identity(ids["heat"], {"model": "18499", "serial": "HC-1001",
+                                             "firmware": "100"})
+    store.close_session(ids["heat"], "completed", "planned duration delivered",
+                        "controller", 60.0, HEAT_44)
+    store.add_note(ids["heat"], actor="carol", body_site="left knee",
+                   skin_before="intact", skin_after="mild redness", pain_before=6,
+                   pain_after=3, text="Tolerated well.")
+    ids["cold"] = record_session(store, "P-0042", "thermal",
+                                 {"min_pad_temp_c": 12.2, "output_s": 600.0},
+                                 regimes=("cold",), values={"temperature_c": 12.0})
+    ids["us"] = record_session(store, "P-0042", "ultrasound", {**US_CONT, "era_cm2": 5.0},
+                               delivered_s=300.0)
+    ids["tens"] = record_session(store, "P-0107", "tens", TENS_25, delivered_s=1200.0)
+    ids["aborted"] = record_session(store, "P-0042", "tens", TENS_25, outcome="aborted")
+    ids["rejected"] = record_session(store, "P-0042", "ultrasound", None,
+                                     outcome="rejected", delivered_s=0.0)
+    return ids
 
 
 @pytest.fixture
@@ -93,6 +99,19 @@ def test_every_resource_of_a_mixed_day_validates(day: tuple[Path, dict[str, str]
         assert model.id == resource["id"]
         assert entry["fullUrl"] == f"urn:uuid:{resource['id']}"
     Bundle.model_validate(bundle)
+
+
+def test_a_mixed_day_on_postgresql_validates(pg_url: str, clinic: None,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The same export from the database several rooms share."""
+    with RecordStore(pg_url) as store:
+        ids = a_mixed_day(store)
+    assert run("export", "--format", "fhir", "--db", pg_url) == 0
+    bundle = json.loads(capsys.readouterr().out)
+    Bundle.model_validate(bundle)
+    for resource in resources(bundle, "Procedure"):
+        get_fhir_model_class("Procedure").model_validate(resource)
+    assert len(resources(bundle, "Procedure")) == len(ids)
 
 
 def test_one_bundle_round_trips(day: tuple[Path, dict[str, str]], clinic: None,

@@ -13,7 +13,6 @@ from controller.records.clinic_tables import BookingConflict, ClinicError
 from controller.records.store import RecordsError, RecordStore
 from controller.records.target import PgUrl, as_target
 from controller.records.user_table import UserTableError
-from tests.support.pg import pg_url  # noqa: F401 - the fixture
 
 AT = datetime(2031, 5, 6, 9, 0, tzinfo=UTC)
 RACERS = 2           # processes, as two rooms' services
@@ -201,6 +200,18 @@ def test_a_device_is_registered_once_across_rooms(pg_url: str) -> None:
             pytest.raises(psycopg.errors.UniqueViolation):
         raw.execute("INSERT INTO devices (name, profile, port, registered_by, registered_at,"
                     " room) VALUES ('heat-5', 'hc-200', '/dev/ttyUSB0', 'x', 'now', 'A')")
+
+
+def test_the_calibration_gate_reads_the_shared_records(pg_url: str) -> None:
+    """A technician calibrates in room A; room B's store sees it at once."""
+    with RecordStore(pg_url) as a, RecordStore(pg_url) as b:
+        a.add_device("heat-1", "hc-200", "/dev/ttyUSB0", "tom", room="A")
+        assert b.calibration_status("heat-1", AT).last is None
+        a.add_calibration(device="heat-1", profile="hc-200", technician="tom",
+                          instrument="thermometer", instrument_id="T-1", before={}, after={},
+                          passed=True, performed_at=AT, next_due=date(2031, 11, 6))
+        status = b.calibration_status("heat-1", AT + timedelta(days=1))
+        assert status.last is not None and not status.overdue
 
 
 def test_calibrations_and_notes(pg_url: str) -> None:
