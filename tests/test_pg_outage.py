@@ -152,3 +152,21 @@ def test_a_real_session_runs_to_its_end_through_an_outage(
         assert store.get_samples(row.id), "no telemetry"
         assert store.verify_audit().ok
     assert list((tmp_path / "spool").glob("*.jsonl")) == []
+
+
+def test_after_a_restart_the_store_holds_its_owner_lock_again(
+        server: PrivatePostgres, tmp_path: Path) -> None:
+    """A restart between two writes: the next write finds its connection gone and is
+    spooled, then replayed on a new one. The restart also took the owner lock's connection:
+    the lock is taken again, so another room starting up does not mark this live session
+    interrupted."""
+    with RecordStore(server.url, spool_dir=tmp_path / "a") as store:
+        sid = open_one(store)
+        server.stop()
+        server.start()
+        store.add_event(sid, "state", {"state": "running"}, t_s=0.5)
+        wait_replayed(store)
+        with RecordStore(server.url, spool_dir=tmp_path / "b") as other:
+            assert other.mark_interrupted_sessions() == []
+        store.close_session(sid, "completed", "end", "controller", 1.0, None)
+        assert store.verify_audit().ok

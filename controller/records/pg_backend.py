@@ -50,7 +50,11 @@ class PgBackend:
         return True
 
     def connect(self) -> Connection:
-        return PgConnection(self.url.raw)
+        """A new connection (a thread's first, or one made again after the server was lost:
+        then the owner lock's connection may be gone too, and the lock is taken again)."""
+        conn = PgConnection(self.url.raw)
+        self.reclaim()
+        return conn
 
     def prepare(self, conn: Connection) -> str | None:
         return None
@@ -88,20 +92,26 @@ class PgBackend:
 
     def hold_owner_lock(self, token: str) -> None:
         with self._lock_guard:
-            conn = self._locks()
-            if self._held == token and conn is self._lock_conn and not conn.broken:
+            if self._held == token:
                 return
-            conn.execute("SELECT pg_advisory_lock(?, hashtext(?))", (OWNER_SPACE, token))
+            self._locks().execute("SELECT pg_advisory_lock(?, hashtext(?))",
+                                  (OWNER_SPACE, token))
             self._held = token
 
     def reclaim(self) -> None:
-        """After the server came back: take the owner lock again on a new connection."""
+        """Take the owner lock again if its connection was lost (the server restarted). The
+        token is kept until the lock is held again, however many tries that takes."""
         with self._lock_guard:
-            token, self._held = self._held, None
-            if self._lock_conn is not None and self._lock_conn.broken:
-                self._lock_conn = None
-        if token is not None:
-            self.hold_owner_lock(token)
+            if self._held is None or self._lock_conn is None:
+                return
+            try:
+                self._lock_conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                pass
+            self._lock_conn = PgConnection(self.url.raw)
+            self._lock_conn.execute("SELECT pg_advisory_lock(?, hashtext(?))",
+                                    (OWNER_SPACE, self._held))
 
     def owner_alive(self, token: str) -> bool:
         with self._lock_guard:
