@@ -7,11 +7,19 @@ are engineering values (map scale applied); result keys are `entry`,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from protocols.errors import CorruptReply, LinkTimeout, ProtocolError
 from protocols.map_common import Scalar
+
+# How an engine names what is on the other end of its port in the one sentence a failed
+# exchange ends with, until the controller tells it the model (`Engine.device`).
+DEFAULT_DEVICE = "the device"
+# Below this a timeout reads best in milliseconds ("50 ms"), from it in seconds ("1.5 s").
+MS_BELOW_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,50 @@ InterruptCheck = Callable[[], bool]
 """True when a stop request is waiting: routine I/O must give way (cheap: an Event.is_set)."""
 
 
+def timeout_text(seconds: float) -> str:
+    """`50 ms`, `150 ms`, `1.5 s`: a reply timeout as a technician reads it."""
+    if seconds < MS_BELOW_S:
+        return f"{seconds * 1e3:.0f} ms"
+    return f"{seconds:g} s"
+
+
+def gave_up(last: ProtocolError, device: str, port: str, attempts: int,
+            timeout_s: float, entry: str = "") -> str:
+    """The one sentence for an exchange that failed every attempt, by how the last one
+    failed: `no reply from the HC-200 on /dev/ttyUSB0 after 4 attempts (timeout 50 ms
+    each)`. A garbled or unexpected last reply adds what was wrong with it where that reads
+    as words (`reply from unit 2, expected unit 1`); the bytes of each attempt go to the
+    DEBUG log only."""
+    tries = f"after {attempts} attempt{'s' if attempts != 1 else ''} " \
+            f"(timeout {timeout_text(timeout_s)} each)"
+    if isinstance(last, LinkTimeout):
+        return f"no reply from {device} on {port} {tries}"
+    what = "garbled (bad checksum or cut short)" if isinstance(last, CorruptReply) else \
+        "not answers to what was asked"
+    detail = _in_words(str(last), entry)
+    return f"no valid reply from {device} on {port} {tries}: the replies were {what}" + \
+        (f"; the last: {detail}" if detail else "")
+
+
+def _in_words(message: str, entry: str) -> str:
+    """An engine's or codec's message without its entry label and without bytes; '' when
+    what is left is not plain words (a repr of the garbage received)."""
+    for label in (f"{entry}: ", f"modbus {entry}: "):
+        if entry and message.startswith(label):
+            message = message[len(label):]
+    message = _HEX_BYTES.sub("", message).rstrip(" :")
+    return "" if not message or any(q in message for q in "'\"") else message
+
+
+# Runs of bytes in hex ("01 04 02 01 74"), with the colon that introduces them.
+_HEX_BYTES = re.compile(r":?\s*\b[0-9a-fA-F]{2}(?: [0-9a-fA-F]{2})+\b")
+
+
 class Engine(Protocol):
+    device: str
+    """What is on the other end, for messages (`the HC-200`); DEFAULT_DEVICE until the
+    controller sets it."""
+
     def write(self, entry: str, args: Mapping[str, Scalar]) -> dict[str, Scalar]:
         """Write one map entry (register, set/action command, frame command).
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from protocols.engine import DeviceEvent, EventHandler, InterruptCheck
+from protocols.engine import DEFAULT_DEVICE, DeviceEvent, EventHandler, InterruptCheck, gave_up
 from protocols.errors import (
     DeviceRefused,
     Interrupted,
@@ -72,6 +72,8 @@ class _Command:
 
 class FramedEngine:
     """protocols.engine.Engine for any framed binary device map."""
+
+    device = DEFAULT_DEVICE
 
     def __init__(self, transport: Transport, pmap: FramedMap, reply_timeout_s: float,
                  retries: int, *, first_seq: int | None = None,
@@ -235,8 +237,7 @@ class FramedEngine:
         frame = encode_frame(self._map.sync, seq, ping.code, b"")
         for attempt in range(self._retries + 1):
             if attempt:
-                self._gate(cmd.name, LinkTimeout(f"{cmd.name}: no reply to the opening "
-                                                 f"{ping.name} (seq {seq})"))
+                self._gate(cmd.name, self._gave_up(attempt))
             self._transport.write(frame)
             reply = self._await_reply(seq, time.monotonic() + self._timeout)
             if reply is not None:
@@ -246,8 +247,9 @@ class FramedEngine:
                 return
             log.debug("%s: no reply to the opening %s (seq %d), attempt %d", cmd.name,
                       ping.name, seq, attempt + 1)
-        raise LinkTimeout(f"{cmd.name}: no reply to the opening {ping.name} (seq {seq}) "
-                          f"after {self._retries + 1} attempt(s) of {self._timeout:g} s")
+        log.debug("%s: no reply to the opening %s (seq %d) after %d attempts; giving up",
+                  cmd.name, ping.name, seq, self._retries + 1)
+        raise self._gave_up(self._retries + 1)
 
     def _exchange(self, cmd: _Command, payload: bytes) -> dict[str, Scalar]:
         if not self._synced:
@@ -269,16 +271,20 @@ class FramedEngine:
             reply = self._await_reply(seq, time.monotonic() + self._timeout)
             if reply is None:
                 if retries_left == 0:
-                    raise LinkTimeout(f"{cmd.name}: no reply to seq {seq} after "
-                                      f"{self._retries + 1} attempt(s) of {self._timeout:g} s")
+                    log.debug("%s: no reply to seq %d after %d attempts; giving up",
+                              cmd.name, seq, self._retries + 1)
+                    raise self._gave_up(self._retries + 1)
                 retries_left -= 1
-                failed = LinkTimeout(f"{cmd.name}: no reply to seq {seq}")
+                failed = self._gave_up(self._retries - retries_left)
                 log.debug("%s: no reply to seq %d, sending the same frame again", cmd.name, seq)
                 continue
             if reply.cmd != cmd.reply_code:
                 if resends_left == 0:
-                    raise ProtocolViolation(f"{cmd.name}: reply to seq {seq} carries code "
-                                            f"0x{reply.cmd:02X}, expected 0x{cmd.reply_code:02X}")
+                    log.debug("%s: reply to seq %d carries code 0x%02X, expected 0x%02X; "
+                              "giving up", cmd.name, seq, reply.cmd, cmd.reply_code)
+                    raise ProtocolViolation(
+                        f"{self.device} on {self._transport.port_name} kept answering "
+                        f"{cmd.name} with the reply to another command")
                 resends_left -= 1
                 log.debug("%s: seq %d was answered from the device's memory (code 0x%02X); "
                           "sending again with a new seq", cmd.name, seq, reply.cmd)
@@ -338,6 +344,11 @@ class FramedEngine:
                                     f"map says {cmd.reply.size} (status and fields)")
         return cmd.reply.decode(payload)
 
+    def _gave_up(self, attempts: int) -> LinkTimeout:
+        """Silence after `attempts` attempts, in the caller's one sentence."""
+        return LinkTimeout(gave_up(LinkTimeout(), self.device, self._transport.port_name,
+                                   attempts, self._timeout))
+
     # -- events ----------------------------------------------------------------------
     def _unsolicited(self, frame: Frame) -> None:
         if frame.seq == self._event_seq and frame.cmd == self._event_code:
@@ -355,8 +366,9 @@ class FramedEngine:
             fields = layout.decode(frame.payload)
         except struct.error:
             # Still delivered: an event must never vanish silently.
-            log.warning("event frame with a %d-byte payload, the map says %d: %s",
-                        len(frame.payload), layout.size, frame.payload.hex(" "))
+            log.warning("%s sent an event of %d bytes where its map says %d; passed on as "
+                        "malformed", self.device, len(frame.payload), layout.size)
+            log.debug("malformed event payload: %s", frame.payload.hex(" "))
             return DeviceEvent(MALFORMED_EVENT, {"payload": frame.payload.hex(" ")}, now)
         kind = ev.kinds.get(kind_raw) if isinstance(kind_raw, int) else None
         return DeviceEvent(kind.name if kind else f"unknown_{kind_raw!r}", fields, now)
@@ -367,8 +379,8 @@ class FramedEngine:
             self._call_handler(self._handler, event)
             return
         if len(self._queue) >= EVENT_QUEUE_MAX:
-            log.warning("no event handler: dropping the oldest queued event %s",
-                        self._queue.popleft())
+            log.debug("no event handler: dropping the oldest queued event %s",
+                      self._queue.popleft())
         self._queue.append(event)
 
     @staticmethod

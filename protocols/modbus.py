@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from protocols.engine import EventHandler, InterruptCheck
+from protocols.engine import DEFAULT_DEVICE, EventHandler, InterruptCheck, gave_up
 from protocols.errors import (
     CorruptReply,
     DeviceRefused,
@@ -111,6 +111,8 @@ def _read_step(unit: int, function: int, run: list[tuple[int, str, ModbusRegiste
 
 class ModbusEngine:
     """protocols.engine.Engine for the modbus_rtu family. Owned by one thread."""
+
+    device = DEFAULT_DEVICE
 
     def __init__(self, transport: Transport, pmap: ModbusMap, reply_timeout_s: float,
                  retries: int) -> None:
@@ -264,8 +266,11 @@ class ModbusEngine:
             if check is not None and (attempt or self._armed) and check():
                 # A reply to an earlier attempt may still come: _stale makes the
                 # next exchange drop it first.
+                after = None if last is None else type(last)(gave_up(
+                    last, self.device, transport.port_name, attempt, self._timeout,
+                    request.label))
                 raise Interrupted(f"modbus {request.label}: a stop request came first; "
-                                  "not sent", after=last)
+                                  "not sent", after=after)
             self._armed = True
             started = time.monotonic()
             frame = b""
@@ -282,8 +287,10 @@ class ModbusEngine:
                 # A late reply to this attempt may still come, even after a later
                 # attempt succeeds: the next exchange drops it rather than take it as its own.
                 self._stale = True
-                log.warning("modbus %s: attempt %d of %d failed: %s", request.label,
-                            attempt + 1, self._attempts, exc)
+                # Retries are routine on a serial line: the detail (bytes, CRC) is for
+                # the DEBUG log; only the final failure is the caller's to tell.
+                log.debug("modbus %s: attempt %d of %d failed: %s", request.label,
+                          attempt + 1, self._attempts, exc)
                 if not isinstance(exc, LinkTimeout):
                     self._drain()
                 transport.discard_input()
@@ -292,7 +299,10 @@ class ModbusEngine:
                 self._log(request, frame, started)
             return words
         assert last is not None  # at least one attempt was made
-        raise type(last)(f"{last} (after {self._attempts} attempts)") from last
+        log.debug("modbus %s: giving up after %d attempts; last: %s", request.label,
+                  self._attempts, last)
+        raise type(last)(gave_up(last, self.device, transport.port_name, self._attempts,
+                                 self._timeout, request.label)) from last
 
     def _drain(self) -> None:
         """Read until the line is quiet: the rest of a bad frame must not start the next reply."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from protocols import scpi_codec as codec
-from protocols.engine import EventHandler, InterruptCheck
+from protocols.engine import DEFAULT_DEVICE, EventHandler, InterruptCheck, gave_up
 from protocols.errors import (
     CorruptReply,
     DeviceRefused,
@@ -68,6 +68,8 @@ class QueuedRefusal(DeviceRefused):
 
 class ScpiEngine:
     """protocols.engine.Engine over a line transport; owned by one thread."""
+
+    device = DEFAULT_DEVICE
 
     def __init__(self, transport: Transport, pmap: ScpiMap, reply_timeout_s: float,
                  retries: int) -> None:
@@ -175,7 +177,7 @@ class ScpiEngine:
         last: ProtocolError | None = None
         for attempt in range(self._retries + 1):
             if attempt:
-                log.info("%s: retry %d of %d after: %s", entry, attempt, self._retries, last)
+                log.debug("%s: retry %d of %d after: %s", entry, attempt, self._retries, last)
             try:
                 text = self._exchange(entry, line)
                 error = codec.parse_error(text, pmap.error_prefix)
@@ -191,7 +193,9 @@ class ScpiEngine:
                 last = exc
                 continue
             except Interrupted as exc:
-                exc.after = exc.after or last     # pre-empted a retry: the link was failing
+                if exc.after is None and last is not None:   # pre-empted a retry: the link
+                    exc.after = type(last)(gave_up(         # was failing; say how, in words
+                        last, self.device, self._t.port_name, attempt, self._timeout, entry))
                 raise
             saw_error = True
             last = DeviceRefused(entry, *error)
@@ -201,8 +205,9 @@ class ScpiEngine:
         if isinstance(last, DeviceRefused):
             raise QueuedRefusal(entry, last.code, last.text, queued)
         assert last is not None
-        raise type(last)(f"{entry}: no valid reply after {self._retries + 1} attempt(s); "
-                         f"last: {last}")
+        log.debug("%s: giving up after %d attempts; last: %s", entry, self._retries + 1, last)
+        raise type(last)(gave_up(last, self.device, self._t.port_name, self._retries + 1,
+                                 self._timeout, entry)) from last
 
     def _exchange(self, entry: str, line: bytes) -> str:
         """Send one line and return the text of the reply line; no retries.
@@ -255,8 +260,9 @@ class ScpiEngine:
             if not chunk:
                 self._unsettled = True
                 self._settle_last = None  # the quiet is measured from the next settle
+                got = f"{len(buf)} bytes of an unfinished line" if buf else "nothing"
                 raise LinkTimeout(f"{entry}: no reply within {self._timeout:g} s "
-                                  f"(got {bytes(buf)!r})")
+                                  f"(got {got})")
             buf += chunk
         buf.clear()
         raise CorruptReply(f"{entry}: reply line longer than {self._map.max_line_length} "
@@ -293,7 +299,7 @@ class ScpiEngine:
             raise LinkTimeout(f"{entry}: the line did not go quiet after a timeout "
                               f"({dropped} bytes in {MAX_SETTLE_S:g} s)")
         if dropped:
-            log.info("%s: discarded %d late bytes after a timeout", entry, dropped)
+            log.debug("%s: discarded %d late bytes after a timeout", entry, dropped)
         self._unsettled = False
         self._settle_last = None
 
@@ -307,20 +313,19 @@ class ScpiEngine:
                     or self._query(pmap.error_query)
                 text = self._exchange(pmap.error_query, line)
                 if codec.parse_error(text, pmap.error_prefix) is not None:
-                    log.warning("%s: error queue query refused: %s", entry, text)
+                    log.debug("%s: error queue query refused: %s", entry, text)
                     break
                 values = parser.parse(text)
                 code = int(values[0])
             except (ValueRejected, LinkTimeout, CorruptReply, ProtocolViolation,
                     ValueError) as exc:
-                log.warning("%s: error queue drain stopped: %s", entry, exc)
+                log.debug("%s: error queue drain stopped: %s", entry, exc)
                 break
             if code == pmap.no_error_code:
                 break
             drained.append((code, str(values[1]) if len(values) > 1 else ""))
         else:
-            log.warning("%s: error queue not empty after %d queries",
-                        entry, MAX_DRAIN_QUERIES)
+            log.info("%s: error queue not empty after %d queries", entry, MAX_DRAIN_QUERIES)
         if drained:
             log.info("%s: drained device errors %s", entry, drained)
         return drained

@@ -7,8 +7,10 @@ read has a deadline and every write a timeout, so nothing here can hang.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import select
 import stat
 import termios
@@ -31,6 +33,33 @@ MAX_READ_SLICE_S = 0.05
 PTY_SLAVE_MAJORS = range(136, 144)
 # termios.error is not an OSError: every port failure is caught as one of these.
 PORT_ERRORS = (serial.SerialException, OSError, termios.error, TypeError, ValueError)
+# What an operating-system error means for someone plugging in a device, where the
+# system's own words ("Inappropriate ioctl for device") would not help.
+ERRNO_WORDS = {
+    errno.ENOENT: "no such port (is the device plugged in, and the name right?)",
+    errno.ENODEV: "no such device (is it plugged in?)",
+    errno.EACCES: "permission denied (is this user in the port's group, e.g. dialout?)",
+    errno.EPERM: "permission denied (is this user in the port's group, e.g. dialout?)",
+    errno.ENOTTY: "it is not a serial port",
+    errno.EISDIR: "it is a directory, not a serial port",
+    errno.EBUSY: "the port is busy",
+    errno.EIO: "input/output error (was the device unplugged?)",
+}
+# pyserial tucks the errno into its text: "... (25, 'Inappropriate ioctl for device')".
+_EMBEDDED_ERRNO = re.compile(r"\[Errno (\d+)\]|\((\d+), '")
+
+
+def port_error_text(exc: BaseException) -> str:
+    """The reason a port failed, in words: no errno numbers, paths or Python reprs."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        found = _EMBEDDED_ERRNO.search(str(exc))
+        code = int(found.group(1) or found.group(2)) if found else None
+    if code in ERRNO_WORDS:
+        return ERRNO_WORDS[code]
+    if code is not None:
+        return os.strerror(code).lower()
+    return str(exc) or type(exc).__name__
 
 
 def is_pseudo_terminal(port: str) -> bool:
@@ -92,7 +121,7 @@ class SerialTransport:
                 raise PortBusy(f"port {where} is in use by another controller{holder}; "
                                "one controller per device") from None
             except OSError as exc:
-                raise LinkLost(f"cannot open {port}: {exc}") from None
+                raise LinkLost(f"cannot open {port}: {port_error_text(exc)}") from None
         parity = settings.parity
         if parity != serial.PARITY_NONE and is_pseudo_terminal(port):
             # A pty has no UART, so parity is not emulated; and setting PARENB on one
@@ -111,7 +140,7 @@ class SerialTransport:
             )
         except PORT_ERRORS as exc:
             self._unlock()
-            raise LinkLost(f"cannot open {port}: {exc}") from None
+            raise LinkLost(f"cannot open {port}: {port_error_text(exc)}") from None
 
     @property
     def is_open(self) -> bool:
@@ -124,7 +153,7 @@ class SerialTransport:
         except serial.SerialTimeoutException:
             raise LinkTimeout(f"{self.port_name}: write of {len(data)} bytes timed out") from None
         except PORT_ERRORS as exc:
-            raise LinkLost(f"{self.port_name}: write failed: {exc}") from None
+            raise LinkLost(f"{self.port_name}: write failed: {port_error_text(exc)}") from None
         if written != len(data):
             raise LinkTimeout(f"{self.port_name}: wrote {written} of {len(data)} bytes")
 
@@ -144,7 +173,7 @@ class SerialTransport:
             except PORT_ERRORS as exc:
                 # pyserial raises SerialException("device reports readiness to read but
                 # returned no data") when the other end of a pty is gone.
-                raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
+                raise LinkLost(f"{self.port_name}: read failed: {port_error_text(exc)}") from None
             buf += chunk
         return bytes(buf)
 
@@ -162,7 +191,7 @@ class SerialTransport:
             try:
                 return first + bytes(self._port.read(min(self._port.in_waiting, n - 1)))
             except PORT_ERRORS as exc:
-                raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
+                raise LinkLost(f"{self.port_name}: read failed: {port_error_text(exc)}") from None
         # Past the deadline select() still looks once: a reply that arrived while this
         # thread waited for the CPU is taken, not mistaken for silence.
         remaining = max(0.0, deadline - time.monotonic())
@@ -170,7 +199,7 @@ class SerialTransport:
             ready, _, _ = select.select((fd,), (), (), remaining)
             data = os.read(fd, n) if ready else b""
         except (OSError, ValueError) as exc:
-            raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
+            raise LinkLost(f"{self.port_name}: read failed: {port_error_text(exc)}") from None
         if ready and not data:
             raise LinkLost(f"{self.port_name}: device disconnected")
         return data
@@ -187,14 +216,14 @@ class SerialTransport:
                 waiting = min(waiting, limit)
             return bytes(self._port.read(waiting)) if waiting else b""
         except PORT_ERRORS as exc:
-            raise LinkLost(f"{self.port_name}: read failed: {exc}") from None
+            raise LinkLost(f"{self.port_name}: read failed: {port_error_text(exc)}") from None
 
     def discard_input(self) -> None:
         """Drop stale bytes (a late reply to an earlier, timed-out request)."""
         try:
             self._port.reset_input_buffer()
         except PORT_ERRORS as exc:
-            raise LinkLost(f"{self.port_name}: {exc}") from None
+            raise LinkLost(f"{self.port_name}: {port_error_text(exc)}") from None
 
     def close(self) -> None:
         try:

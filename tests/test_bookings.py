@@ -130,7 +130,8 @@ def test_a_recorded_session_counts_for_the_interval(
 @pytest.mark.parametrize(("argv", "status", "message"), [
     (["--at", "2030-03-04T07:00"], 3, "--at 2030-03-04 07:00 is in the past (now 2030-03-04 "
                                       "08:00)"),
-    (["--device", "heat-9"], 3, "no registered device 'heat-9' (devices: heat-1, tens-1, us-1)"),
+    (["--device", "heat-9"], 1, "no device 'heat-9' is registered (registered: heat-1, tens-1, "
+                                "us-1)"),
     (["--patient", "Anna-Berg"], 2, "--patient 'Anna-Berg' is not a pseudonymous patient id"),
     (["--patient", "Anna Berg 1"], 2, "never a patient's name"),
     (["--set", "temperature_c=50"], 3, "prescription: temperature_c=50 is above the clinical "
@@ -182,8 +183,8 @@ def test_plan_bookings_hold_every_device(db: Path, capsys: pytest.CaptureFixture
                duration="") == 3
     err = capsys.readouterr().err
     assert "the plan's 'ultrasound' role needs a device with profile us-300" in err
-    assert add("--plan", "no-such-plan", "--device", "heat-1", duration="") == 3
-    assert "--plan no-such-plan: no-such-plan: no such plan" in capsys.readouterr().err
+    assert add("--plan", "no-such-plan", "--device", "heat-1", duration="") == 1
+    assert "--plan no-such-plan: no such plan" in capsys.readouterr().err
     assert add(*plan, at="2030-03-05T09:00", duration="10m") == 3
     assert "shorter than the plan's own 42m" in capsys.readouterr().err
 
@@ -196,7 +197,7 @@ def test_cancel(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "cancelled booking 1" in capsys.readouterr().out
     assert modctl("book", "cancel", "1") == 3
     assert "booking 1 is already cancelled" in capsys.readouterr().err
-    assert modctl("book", "cancel", "7") == 3
+    assert modctl("book", "cancel", "7") == 1  # not found
     assert "there is no booking 7" in capsys.readouterr().err
     assert add(*HEAT, patient="P-0050") == 0  # the slot is free again
     with RecordStore(db) as store:
@@ -218,7 +219,7 @@ def test_start_refusals(db: Path, monkeypatch: pytest.MonkeyPatch,
     calibrate(db, "heat-1", passed=False)
     assert modctl("book", "start", "1") == 3
     assert "out of calibration: its last calibration" in capsys.readouterr().err
-    assert modctl("book", "start", "9") == 3
+    assert modctl("book", "start", "9") == 1  # not found
     assert "there is no booking 9" in capsys.readouterr().err
     with RecordStore(db) as store:
         booking = store.booking(1)

@@ -689,8 +689,8 @@ def test_cli_readings_file_pass_then_fail_and_history(sim_device: SimFactory, tm
     assert rows[0][:5] == ["2", *rows[0][1:3], "FAILED", "tom"]
     assert any("gain 0.82" in line for line in out)
     assert out[-1].startswith("us-2: OVERDUE: its last calibration, on ")
-    assert cli(["history", "nobody", "--db", db]) == 0
-    assert "no calibrations recorded for device 'nobody'" in capsys.readouterr().out
+    assert cli(["history", "nobody", "--db", db]) == 1     # not found: as `records show`
+    assert "no device 'nobody' in " in capsys.readouterr().err
 
 
 def test_cli_thermal_interactive_on_a_registered_device(sim_device: SimFactory, tmp_path: Path,

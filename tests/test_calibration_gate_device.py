@@ -84,7 +84,7 @@ def test_registration_refuses_a_device_that_does_not_answer(
     device = sim_device("us-300")      # not an HC-200
     assert modctl("devices", "add", "heat-1", "--profile", "hc-200", "--port", device.port,
                   "--operator", "tom", probe=True) == 3
-    assert "did not identify as a HC-200" in capsys.readouterr().err
+    assert "did not identify as the HC-200 of the profile" in capsys.readouterr().err
 
 
 def test_every_spelling_of_an_uncalibrated_devices_port_is_refused(

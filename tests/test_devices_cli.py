@@ -115,8 +115,14 @@ def test_registration_needs_the_technician_role(db: Path,
     assert "technician role is needed" in capsys.readouterr().err
 
 
+def test_an_unknown_profile_is_not_found(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Not found is exit 1 for every command (docs/cli.md), not a refusal.
+    assert modctl("devices", "add", "heat-1", "--profile", "hc-900", "--port", "/dev/pts/1",
+                  "--operator", "tom") == 1
+    assert "--profile hc-900: no such profile" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
-    (["heat-1", "--profile", "hc-900", "--port", "/dev/pts/1"], "--profile: profile hc-900"),
     (["heat 1", "--profile", "hc-200", "--port", "/dev/pts/1"], "device name 'heat 1'"),
     (["heat-1", "--profile", "hc-200", "--port", " "], "port: empty"),
     (["dup", "--profile", "hc-200", "--port", "/dev/pts/1"], "'dup' is already registered"),
@@ -149,8 +155,8 @@ def test_remove_refusals(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no such file" in capsys.readouterr().err
     modctl("devices", "add", "heat-1", "--profile", "hc-200", "--port", "/dev/pts/1",
            "--operator", "tom")
-    assert modctl("devices", "remove", "ghost", "--operator", "tom") == 3
-    assert "device 'ghost' is not registered" in capsys.readouterr().err
+    assert modctl("devices", "remove", "ghost", "--operator", "tom") == 1  # not found
+    assert "no device 'ghost' is registered (registered: heat-1)" in capsys.readouterr().err
 
 
 def test_list_without_a_database_creates_none(db: Path,

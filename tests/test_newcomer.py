@@ -40,6 +40,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,11 +214,33 @@ def test_readme_commands_work_in_a_fresh_clone(clones: tuple[Path, Path]) -> Non
         f"{main_job!r} reported {len(completed)} completed sessions, expected "
         f"{DEMO_SESSIONS}:\n{main_out[-OUTPUT_TAIL:]}")
     assert "audit trail intact" in main_out, main_out[-OUTPUT_TAIL:]
+    check_bare_modctl_lists_the_commands(main_clone / ".venv" / "bin" / "modctl")
 
     assert status == 0, f"{command!r} exited {status}:\n{out[-OUTPUT_TAIL:]}"
     summary = re.search(r"^(\d+) passed", out, re.M) or re.search(r"\b(\d+) passed\b", out)
     assert summary is not None and int(summary.group(1)) > 0, out[-OUTPUT_TAIL:]
     assert not re.search(r"\b\d+ (failed|error)", out), out[-OUTPUT_TAIL:]
+
+
+def check_bare_modctl_lists_the_commands(modctl: Path) -> None:
+    """`modctl` alone, as a newcomer types it first: the commands, one line each (issue 15),
+    on stderr with the usage status 2 (docs/cli.md)."""
+    done = subprocess.run([str(modctl)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert "commands:" in lines, done.stderr
+    listed = [line.split()[0] for line in lines[lines.index("commands:") + 1:]
+              if line.startswith("  ")]
+    assert {"profiles", "session", "records", "demo", "devices", "book", "completion"} \
+        <= set(listed), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bare_modctl_lists_the_commands() -> None:
+    """The same check against this checkout's installed `modctl` (fast; the clone's copy runs
+    in the slow test above)."""
+    check_bare_modctl_lists_the_commands(Path(sys.executable).parent / "modctl")
 
 
 def test_readme_commands_are_found_where_a_newcomer_looks() -> None:

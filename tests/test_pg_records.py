@@ -33,6 +33,13 @@ def test_a_url_is_a_shared_database_and_its_password_never_shows() -> None:
     assert "s3cret" not in repr(url) and "s3cret" in url.raw
 
 
+def test_a_url_that_went_through_path_is_still_a_url() -> None:
+    from pathlib import Path
+    url = as_target(Path("postgresql://clinic@db:5432/modctl?options=-csearch_path%3Dx"))
+    assert isinstance(url, PgUrl) and url.raw == "postgresql://clinic@db:5432/modctl" \
+        "?options=-csearch_path%3Dx"
+
+
 def test_an_unreachable_server_is_a_clear_refusal() -> None:
     with pytest.raises(RecordsError, match="cannot be reached") as caught:
         RecordStore("postgresql://nobody:pw@127.0.0.1:1/none")

@@ -138,9 +138,12 @@ def test_list_shows_models_modalities_and_sources(run: Run) -> None:
         assert listed[pid] == [model, modality, str(paths[pid])]
 
 
-def test_list_flags_a_broken_shipped_profile(run: Run, tmp_path: Path,
+@pytest.mark.parametrize("kind", ["broken-yaml", "empty"])
+def test_list_flags_a_broken_shipped_profile(kind: str, run: Run, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = write_bad("min-above-max", tmp_path)
+    # The listing reads id, model and modality only (fast, no pydantic); a file it cannot
+    # read that far is flagged, and `profiles validate` named as the full check.
+    bad = write_bad(kind, tmp_path)
     monkeypatch.setattr(profiles_cmd, "shipped_profile_paths",
                         lambda: {**shipped_profile_paths(), "hc-201": bad})
     status, out, err = run("profiles", "list")
@@ -148,11 +151,61 @@ def test_list_flags_a_broken_shipped_profile(run: Run, tmp_path: Path,
     assert [r.split()[:3] for r in out.splitlines() if r.startswith("hc-201")] \
         == [["hc-201", "INVALID", "-"]]
     assert "hc-200" in out  # the good ones are still listed
-    assert str(bad) in err and "min (46) is above max (45)" in err
+    assert str(bad) in err and f"modctl profiles validate {bad}" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_list_matches_the_validated_profiles(run: Run) -> None:
+    status, out, _ = run("profiles", "list")
+    assert status == 0
+    rows = {r.split()[0]: r.split()[1:3] for r in out.splitlines()[1:]}
+    for pid, path in shipped_profile_paths().items():
+        prof = load_profile_file(path).profile
+        assert rows[pid] == [prof.model, prof.modality] and prof.id == pid
+
+
+@pytest.mark.parametrize("pid", sorted(SHIPPED))
+def test_show_prints_a_summary_without_nulls(pid: str, run: Run) -> None:
+    status, out, err = run("profiles", "show", pid)
+    assert status == 0, err
+    prof = resolve_profile(pid).profile
+    lines = out.splitlines()
+    assert lines[0] == f"{pid}: {prof.vendor} {prof.model} ({prof.modality})"
+    assert f"source: {shipped_profile_paths()[pid]}" in lines
+    assert any(line.startswith(f"link: {prof.link.baudrate} baud") for line in lines)
+    for section in ("parameters (effective range", "limits by tier:", "safety timing:",
+                    "calibration:"):
+        assert any(line.startswith(section) for line in lines), section
+    for name in prof.parameters:
+        assert any(line.split()[:1] == [name] for line in lines), name
+    assert "None" not in out and "null" not in out
+    assert len(lines) < 40  # a summary, not the 500-line dump (--full)
+    assert out.rstrip().endswith(f"modctl profiles show {pid} --full")
+
+
+def test_show_summary_ranges_units_and_tiers(run: Run) -> None:
+    _, out, _ = run("profiles", "show", "hc-200")
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["temperature_c"])
+    assert row[1:5] == ["°C", "40", "step", "0.1"]
+    assert "5..45; cold 10..45" in " ".join(row)
+    tiers = next(line.split() for line in out.splitlines()
+                 if line.split()[:2] == ["duration_s", "1..3595"])
+    assert tiers == ["duration_s", "1..3595", "..1800", "..1200", "-"]
+    assert "safety timing: device watchdog 2 s, poll every 200 ms" in out
+
+
+def test_show_json_has_everything(run: Run) -> None:
+    status, out, _ = run("profiles", "show", "us-300", "--json")
+    assert status == 0
+    data = json.loads(out)
+    assert data["source"] == str(shipped_profile_paths()["us-300"])
+    assert data["profile"] == resolve_profile("us-300").profile.model_dump(mode="json")
+    assert data["effective_limits"]["intensity_w_cm2"]["range"] == "0.1..2"
+    assert run("profiles", "show", "us-300", "--json", "--full")[0] == 2
 
 
 def test_show_includes_the_effective_limits(run: Run) -> None:
-    status, out, err = run("profiles", "show", "hc-200")
+    status, out, err = run("profiles", "show", "hc-200", "--full")
     assert status == 0, err
     assert out.splitlines()[0] == f"# source: {shipped_profile_paths()['hc-200']}"
     assert "# effective limits" in out
@@ -170,7 +223,7 @@ def test_show_includes_the_effective_limits(run: Run) -> None:
 @pytest.mark.parametrize("pid", sorted(SHIPPED))
 def test_show_output_is_itself_the_same_profile(pid: str, run: Run, tmp_path: Path) -> None:
     # What `show` prints is the validated profile: saved, it loads to the same thing.
-    status, out, _ = run("profiles", "show", pid)
+    status, out, _ = run("profiles", "show", pid, "--full")
     assert status == 0
     shown = yaml.safe_load(out)
     del shown["effective_limits"]
@@ -182,7 +235,7 @@ def test_show_output_is_itself_the_same_profile(pid: str, run: Run, tmp_path: Pa
 def test_show_accepts_a_path(run: Run, tmp_path: Path) -> None:
     path = tmp_path / "my-device.yaml"
     path.write_text(shipped_text("us-300"), encoding="utf-8")
-    status, out, _ = run("profiles", "show", str(path))
+    status, out, _ = run("profiles", "show", str(path), "--full")
     assert status == 0
     assert out.splitlines()[0] == f"# source: {path}"
     assert yaml.safe_load(out)["effective_limits"]["intensity_w_cm2"]["range"] == "0.1..2"
@@ -296,7 +349,7 @@ def test_process_list_show_validate_schema(tmp_path: Path) -> None:
     assert valid.returncode == 0, valid.stderr
     assert len(valid.stdout.splitlines()) == 3
 
-    shown = run_process("profiles", "show", "es-4", cwd=tmp_path)
+    shown = run_process("profiles", "show", "es-4", "--full", cwd=tmp_path)
     assert shown.returncode == 0
     assert yaml.safe_load(shown.stdout)["effective_limits"]["frequency_hz"]["range"] == "1..150"
 

@@ -62,7 +62,8 @@ def test_patient_table_speaks_clinical_language(db: Path,
     totals = {line.split("  ")[0]: line for line in lines[9:]}
     assert list(totals) == ["Heat and cold therapy", "Therapeutic ultrasound"]
     assert totals["Heat and cold therapy"].split()[4:7] == ["2", "21", "min"]
-    assert "Thermal dose (CEM43) 3.25 min" in totals["Heat and cold therapy"]
+    # CEM43 to 2 significant figures, rounded half up, as a clinician reads it: 3.25 -> 3.3.
+    assert "Thermal dose (CEM43) 3.3 min" in totals["Heat and cold therapy"]
 
 
 def test_patient_json_and_csv(db: Path, capsys: pytest.CaptureFixture[str]) -> None:

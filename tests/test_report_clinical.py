@@ -105,7 +105,7 @@ def test_device_from_profile_and_identity() -> None:
 def test_dose_figures_and_their_meaning() -> None:
     heat = {"modality": "thermal", "derived_limits": {"cem43_min": {"max": 60.0}}}
     assert dose_meaning(heat, {"cem43_min": 1.25, "max_pad_temp_c": 41.0}) == (
-        "Thermal dose 1.25 CEM43 min: the tissue under the pad was heated as much as 1.25 "
+        "Thermal dose 1.3 CEM43 min: the tissue under the pad was heated as much as 1.3 "
         "minutes held at 43 °C would heat it (highest pad temperature 41 °C); the session's "
         "limit was 60 CEM43 min.")
     tiny = dose_lines({"modality": "thermal"}, {"cem43_min": 9.4e-9})

@@ -40,6 +40,10 @@ from protocols.map_common import Scalar
 Verdict = Literal["passed", "failed", "refused", "aborted", "fault"]
 Say = Callable[[str], None]
 LinkOpener = Callable[[Profile, str], DeviceLink]
+OnWait = Callable[[float, "float | None"], None]
+"""Told after every pause of the procedure: the seconds paused and the device's latest
+measurement (None before the first), so a long wait (a pad settling on its reference
+source, up to 15 min) can show its progress."""
 
 PROCEDURES: dict[str, Callable[[Context], None]] = {
     "thermal": calibration_thermal.calibrate,
@@ -118,7 +122,7 @@ def run_calibration(job: CalibrationJob, technician: Technician, store: Calibrat
                     clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep,
                     now: Callable[[], datetime] | None = None,
-                    say: Say = print) -> CalibrationOutcome:
+                    say: Say = print, on_wait: OnWait | None = None) -> CalibrationOutcome:
     """Calibrate the device on `job.port`; the outcome says what happened and was recorded."""
     profile = job.profile
     performed_at = (now or _local_now)()
@@ -133,7 +137,7 @@ def run_calibration(job: CalibrationJob, technician: Technician, store: Calibrat
         outcome.reason = text if text.startswith("cannot open") else \
             f"cannot open {job.port}: {text}"
         return outcome
-    device = CalibrationDevice(link, profile, clock=clock, sleep=sleep)
+    device = _WatchedDevice(link, profile, clock=clock, sleep=sleep, on_wait=on_wait)
     ctx = Context(profile, device, technician, job.plan,
                   timing or Timing.for_profile(profile), say, performed_at.date(),
                   outcome.results)
@@ -154,6 +158,26 @@ def run_calibration(job: CalibrationJob, technician: Technician, store: Calibrat
     _judge(outcome)
     _record(job, store, device, outcome)
     return outcome
+
+
+class _WatchedDevice(CalibrationDevice):
+    """A CalibrationDevice whose pauses are reported (with its latest measurement) to
+    `on_wait`."""
+
+    def __init__(self, link: DeviceLink, profile: Profile, *, clock: Callable[[], float],
+                 sleep: Callable[[float], None], on_wait: OnWait | None) -> None:
+        self.latest: float | None = None
+
+        def pause(seconds: float) -> None:
+            sleep(seconds)
+            if on_wait is not None:
+                on_wait(seconds, self.latest)
+
+        super().__init__(link, profile, clock=clock, sleep=pause)
+
+    def measure(self, variables: Mapping[str, Scalar]) -> float:
+        self.latest = super().measure(variables)
+        return self.latest
 
 
 def _preflight(device: CalibrationDevice, job: CalibrationJob,

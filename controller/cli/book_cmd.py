@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from controller.calibration.gate import profile_mismatch
 from controller.cli.clinic_common import (
     add_clinic_options,
     clinic_command,
@@ -18,24 +18,23 @@ from controller.cli.clinic_common import (
     open_store,
     positive_id,
     refused,
+    require_booking,
+    require_device,
+    require_plan_ref,
+    require_profile_ref,
 )
 from controller.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_REJECTED, UsageError, error
-from controller.cli.session_cmd import (
-    clinic_rules,
-    note_interrupted,
-    print_report,
-    run_session,
-    terminal_runner,
-)
-from controller.clinic import bookings as rules
+from controller.cli.table import print_table
 from controller.clinic import clock as clinic_time
-from controller.clinic.roles import load_roles
-from controller.modality.prescription import parse_duration, parse_settings
-from controller.plans.plan import Plan
-from controller.plans.runner import run_plan_booking
-from controller.profiles.loader import profile_file
-from controller.records.clinic_tables import BookingRow
-from controller.session.service import SessionStarter
+
+if TYPE_CHECKING:
+    from controller.clinic import bookings as rules
+    from controller.plans.plan import Plan
+    from controller.records.clinic_tables import BookingRow
+    from controller.session.service import SessionStarter
+
+# The booking rules, plans and the session stack are imported by the subcommand that needs
+# them: `book list` starts without them.
 
 # A plan booking holds its devices for the plan's steps and pauses plus this per step: moving
 # the patient, changing applicators, checking the skin.
@@ -55,9 +54,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         description="Book a device for a patient: a plan, or one session of "
                                     "the device's profile with its settings and duration.")
     add.add_argument("--device", dest="devices", action="append", required=True,
-                     metavar="[ROLE=]NAME",
-                     help="a registered device; a plan booking names one per device role of "
-                          "the plan (ROLE=NAME when the profile does not say which)")
+                     metavar="NAME",
+                     help="a registered device (repeatable); a plan booking names one per "
+                          "device role of the plan, as ROLE=NAME when its profile does not "
+                          "say which role")
     what = add.add_mutually_exclusive_group(required=True)
     what.add_argument("--plan", metavar="PLAN", help="a treatment plan file or preset name")
     what.add_argument("--profile", metavar="PROFILE",
@@ -83,7 +83,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.set_defaults(run=clinic_command(_list))
     cancel = bs.add_parser("cancel", help="cancel a booking (clinician)",
                            description="Cancel a booking that has not started.")
-    cancel.add_argument("booking_id", type=positive_id, metavar="ID")
+    cancel.add_argument("booking_id", type=positive_id, metavar="ID",
+                        help="the booking's number (modctl book list)")
     cancel.add_argument("--reason", default="", metavar="TEXT", help="why (kept in the audit)")
     add_clinic_options(cancel)
     cancel.set_defaults(run=clinic_command(_cancel))
@@ -92,7 +93,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Start a booking now: checks the device, its calibration, the limits and "
                     "the patient's interval again, then runs the session like `session run` "
                     "(same exit statuses: 0 completed, 3 rejected, 4 stopped, 5 fault).")
-    start.add_argument("booking_id", type=positive_id, metavar="ID")
+    start.add_argument("booking_id", type=positive_id, metavar="ID",
+                       help="the booking's number (modctl book list)")
     start.add_argument("--json", action="store_true",
                        help="print the session report as JSON on the last line of stdout")
     add_clinic_options(start)
@@ -100,6 +102,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from controller.calibration.gate import profile_mismatch
+    from controller.clinic import bookings as rules
+    from controller.clinic.roles import load_roles
+    from controller.modality.prescription import parse_duration, parse_settings
     patient = rules.check_patient_id(args.patient)
     starts_at = clinic_time.parse_at(args.at)
     settings = parse_settings(args.settings)
@@ -116,6 +122,7 @@ def _add(args: argparse.Namespace) -> int:
     interval_s = config.clinic.min_interval_hours * 3600
     plan: Plan | None = None
     if args.plan is not None:
+        require_plan_ref(args.plan)
         loaded = rules.load_plan_or_reasons(args.plan)
         if isinstance(loaded, list):
             return _refuse_all(loaded)
@@ -132,7 +139,12 @@ def _add(args: argparse.Namespace) -> int:
                            f"{clinic_time.show_duration(duration)}, more than a booking may "
                            f"({most})")
     assert duration is not None
+    if args.profile is not None:
+        require_profile_ref(args.profile)
     with open_store(args) as store:
+        for given in args.devices:
+            require_device(store, given.partition("=")[2].strip() if "=" in given
+                           else given.strip())
         found = rules.booked_devices(store, args.devices, plan)
         if isinstance(found, list):
             return _refuse_all(found)
@@ -180,31 +192,32 @@ def _list(args: argparse.Namespace) -> int:
     if not found:
         print("no bookings" + (f" on {day}" if day else ""))
         return EXIT_OK
-    header = ("ID", "TIME", "DEVICE", "PATIENT", "WHAT", "DURATION", "STATUS", "BY")
-    rows = [header, *[(str(b.id), clinic_time.show(b.starts_at, with_date=day is None),
-                       _devices(b), b.patient, _what(b), clinic_time.show_duration(b.duration_s),
-                       b.status, b.created_by) for b in found]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("ID", "TIME", "DEVICE", "PATIENT", "WHAT", "DURATION", "STATUS", "BY"),
+                [(b.id, clinic_time.show(b.starts_at, with_date=day is None), _devices(b),
+                  b.patient, _what(b), clinic_time.show_duration(b.duration_s), b.status,
+                  b.created_by) for b in found], right=(0,))
     return EXIT_OK
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from controller.clinic.roles import load_roles
     operator = load_roles().require("clinician", args.operator, "cancel a booking")
     with open_store(args, create=False) as store:
+        require_booking(store, args.booking_id)
         booking = store.cancel_booking(args.booking_id, operator, args.reason)
     print(f"cancelled booking {booking.id}: {_line(booking)}")
     return EXIT_OK
 
 
 def _start(args: argparse.Namespace) -> int:
+    from controller.cli.session_cmd import clinic_rules, note_interrupted, print_report, run_session
+    from controller.clinic import bookings as rules
+    from controller.clinic.roles import load_roles
+    from controller.session.service import SessionStarter
     config = load_roles()
     operator = config.require("clinician", args.operator, "start a treatment")
     with open_store(args, create=False) as store:
-        booking = store.booking(args.booking_id)
-        if booking is None:
-            return refused(f"there is no booking {args.booking_id}")
+        booking = require_booking(store, args.booking_id)
         if booking.status != "booked":
             return refused(f"booking {booking.id} is {booking.status}, not booked; "
                            "make a new booking")
@@ -260,6 +273,8 @@ def _start(args: argparse.Namespace) -> int:
 
 def _start_plan(starter: SessionStarter, booking: BookingRow, devices: rules.Booked,
                 operator: str, as_json: bool, live: bool) -> int:
+    from controller.cli.session_cmd import terminal_runner
+    from controller.plans.runner import run_plan_booking
     store = starter.store
     assert store is not None and booking.plan is not None
     store.mark_booking(booking.id, "started", operator)
@@ -281,6 +296,7 @@ def _start_plan(starter: SessionStarter, booking: BookingRow, devices: rules.Boo
 
 def _profile_files(found: rules.Booked) -> dict[str, dict[str, str]]:
     """By role, the profile file each booked device will run on: id, path and SHA-256."""
+    from controller.profiles.loader import profile_file
     out: dict[str, dict[str, str]] = {}
     for role, (_device, profile) in found.items():
         path, sha256 = profile_file(profile)

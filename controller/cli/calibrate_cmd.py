@@ -48,6 +48,7 @@ from controller.cli.common import (
     UsageError,
     error,
 )
+from controller.cli.live_display import WaitLine
 from controller.clinic.roles import RoleRefused, RolesError, require
 from controller.profiles.loader import ProfileError, resolve_profile
 from controller.profiles.model import Profile
@@ -55,6 +56,12 @@ from controller.profiles.numbers import NumberError, parse_integer
 from controller.records.store import RecordsError, RecordStore, default_db_path
 
 HISTORY = "history"
+# The unit of the device's own measurement (`cal_measured`) per modality, for the wait line.
+MEASURED_UNIT = {"thermal": "degC", "ultrasound": "W", "tens": "mA"}
+# `calibrate history` of a name that is neither a device nor on any calibration: the status
+# `records show` gives an id it does not know (docs/design.md §4.3: 1 for what a command
+# needed and could not find).
+EXIT_NOT_FOUND = EXIT_INVALID
 Ask = Callable[[str], str]
 
 
@@ -138,7 +145,16 @@ def calibrate(args: argparse.Namespace, ask: Ask, timing: Timing | None = None) 
             print(f"note: {target.note}")
         for note in plan.notes:
             print(f"note: {note}")
-        say = _say
+        timing = timing or Timing.for_profile(target.profile)
+        # An unattended thermal point waits for the pad to settle, up to arrival_timeout_s.
+        limit = timing.arrival_timeout_s if plan.unattended and plan.modality == "thermal" \
+            else None
+        wait = WaitLine(sys.stdout, MEASURED_UNIT.get(plan.modality, ""), limit)
+
+        def say(text: str) -> None:
+            wait.said(text)
+            _say(text)
+
         technician: Technician
         if plan.unattended:
             technician = FileTechnician(plan, say)
@@ -154,7 +170,11 @@ def calibrate(args: argparse.Namespace, ask: Ask, timing: Timing | None = None) 
         print(f"Calibrating {target.device} ({target.profile.id}, {target.profile.model}) on "
               f"{target.port} for {technician_name}; references: {plan.source}.")
         with _sigterm_as_interrupt():
-            outcome = run_calibration(job, technician, store, say=say, timing=timing)
+            try:
+                outcome = run_calibration(job, technician, store, say=say, timing=timing,
+                                          on_wait=wait.waited)
+            finally:
+                wait.end()
     _summary(job, outcome)
     return outcome.exit_status
 
@@ -337,9 +357,15 @@ def _history(args: argparse.Namespace) -> int:
             rows = store.calibrations(name)
             status = store.calibration_status(name, datetime.now().astimezone()) \
                 if rows else None
+            known = bool(rows) or store.device(name) is not None
+            where = store.path
     except RecordsError as exc:
         error(str(exc))
         return EXIT_INVALID
+    if not known:
+        error(f"no device '{name}' in {where}, and no calibration recorded under that name "
+              "(modctl devices list shows the registered devices)")
+        return EXIT_NOT_FOUND
     if not rows:
         print(f"no calibrations recorded for device '{name}'")
         return EXIT_OK

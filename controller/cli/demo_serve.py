@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -56,7 +57,9 @@ def serve_demo(args: argparse.Namespace) -> int:
     from controller.service.listen import DEFAULT_IDLE_HOURS, Listen
     from controller.service.server import run_service
 
-    folder = Path(tempfile.mkdtemp(prefix="modctl-demo-"))
+    kept = getattr(args, "keep", None)
+    folder = Path(kept) if kept else Path(tempfile.mkdtemp(prefix="modctl-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
     db = Path(args.db) if args.db else folder / "records.sqlite3"
     if db.exists():
         raise UsageError(f"--db {db}: exists; the demo makes a new records database")
@@ -64,6 +67,8 @@ def serve_demo(args: argparse.Namespace) -> int:
     plans.mkdir()
     (plans / "demo.yaml").write_text(DEMO_PLAN)
     with ExitStack() as stack:
+        if not kept:  # a temporary folder goes when the demo ends (after the store closes)
+            stack.callback(_remove, folder, args.db is None)
         store = stack.enter_context(RecordStore(db))
         say = print
         for pid in shipped_profile_paths():
@@ -100,3 +105,9 @@ def serve_demo(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         status = run_service(ctx, Listen("127.0.0.1", args.port), "demo", warn_days=14)
     return EXIT_OK if status == 0 else status
+
+
+def _remove(folder: Path, had_records: bool) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    if had_records:
+        print(f"the demo's records and plan in {folder} were removed (--keep DIR keeps them)")

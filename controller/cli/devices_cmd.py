@@ -13,31 +13,27 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from controller.calibration.gate import real_port
 from controller.cli.clinic_common import (
     add_clinic_options,
     clinic_command,
     db_exists,
     open_store,
     refused,
+    require_device,
+    require_profile_ref,
 )
 from controller.cli.common import EXIT_OK, UsageError
-from controller.clinic import clock as clinic_time
-from controller.clinic.bookings import load_profile
-from controller.clinic.roles import load_roles
-from controller.device.idle import idle_variables
-from controller.device.link import DeviceLink, identify
-from controller.profiles.loader import (
-    ProfileError,
-    load_profile_file,
-    resolve_profile,
-    shipped_profile_paths,
-)
-from controller.profiles.model import IdentityError, Profile
-from controller.records.clinic_tables import DeviceRow
-from controller.records.store import RecordStore
-from protocols.errors import ProtocolError
+from controller.cli.table import print_table
+
+if TYPE_CHECKING:
+    from controller.profiles.model import Profile
+    from controller.records.clinic_tables import DeviceRow
+    from controller.records.store import RecordStore
+
+# Profiles, the device link and the calibration gate are imported by the subcommands that use
+# them: `devices list` and completion start without the protocol stacks.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,14 +76,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rm = ds.add_parser("remove", help="take a device out of service (technician)",
                        description="Mark a device removed. It stays in the records; its name "
                                    "is never reused. Refused while it has bookings to run.")
-    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("name", metavar="NAME", help="a registered device")
     rm.add_argument("--reason", default="", metavar="TEXT", help="why (kept in the audit)")
     add_clinic_options(rm)
     rm.set_defaults(run=clinic_command(_remove))
 
 
 def _add(args: argparse.Namespace) -> int:
+    from controller.calibration.gate import real_port
+    from controller.clinic.roles import load_roles
+    from controller.profiles.loader import ProfileError, resolve_profile, shipped_profile_paths
     operator = load_roles().require("technician", args.operator, "register a device")
+    require_profile_ref(args.profile)
     try:
         loaded = resolve_profile(args.profile)
     except ProfileError as exc:
@@ -119,12 +119,15 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _pin(args: argparse.Namespace) -> int:
+    from controller.calibration.gate import real_port
+    from controller.clinic.roles import load_roles
+    from controller.profiles.loader import ProfileError, load_profile_file, resolve_profile
     operator = load_roles().require("technician", args.operator, "register a device again")
     with open_store(args, create=False) as store:
-        device = store.device(args.name)
-        if device is None or device.removed:
-            return refused(f"device '{args.name}' is not registered"
-                           + (" (removed)" if device is not None else ""))
+        device = require_device(store, args.name)
+        if device.removed:
+            return refused(f"device '{args.name}' was removed from service; it cannot be "
+                           "registered again")
         try:
             loaded = (load_profile_file(device.profile_path)
                       if device.profile_path and Path(device.profile_path).is_file()
@@ -151,14 +154,20 @@ def probe(profile: Profile, port: str) -> dict[str, str] | str:
     """Identify the device on `port` without switching anything on: its identity, or why not.
 
     Only the profile's `identify` operation runs (reads)."""
+    from controller.device.idle import idle_variables
+    from controller.device.link import DeviceLink, identify
+    from controller.profiles.model import IdentityError
+    from protocols.errors import ProtocolError
     try:
         link = DeviceLink.open(profile, port)
     except ProtocolError as exc:
-        return f"cannot open {port}: {exc}"
+        text = str(exc)
+        return text if text.startswith("cannot open") else f"cannot open {port}: {text}"
     try:
         return identify(link, idle_variables(profile)[0]).identity
     except (ProtocolError, IdentityError) as exc:
-        return (f"the device on {port} did not identify as a {profile.model}: {exc} (connect "
+        return (f"the device on {port} did not identify as the {profile.model} of the profile: "
+                f"{exc} (connect "
                 "it and try again, or register it with --no-probe)")
     finally:
         link.close()
@@ -176,16 +185,15 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no devices registered")
         return EXIT_OK
-    table = [("NAME", "PROFILE", "PORT", "SERIAL", "CALIBRATION", "REGISTERED BY"), *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("NAME", "PROFILE", "PORT", "SERIAL", "CALIBRATION", "REGISTERED BY"), rows)
     return EXIT_OK
 
 
 def _remove(args: argparse.Namespace) -> int:
+    from controller.clinic.roles import load_roles
     operator = load_roles().require("technician", args.operator, "remove a device")
     with open_store(args, create=False) as store:
+        require_device(store, args.name)
         device = store.remove_device(args.name, operator, args.reason)
     print(f"removed {device.name} from service ({device.profile} on {device.port}); "
           "its records are kept")
@@ -194,6 +202,8 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _calibration(store: RecordStore, device: DeviceRow) -> str:
     """The calibration state today, in a few words."""
+    from controller.clinic import clock as clinic_time
+    from controller.clinic.bookings import load_profile
     profile = load_profile(device.profile)
     if isinstance(profile, str):
         return "unknown (profile cannot be loaded)"

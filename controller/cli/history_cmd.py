@@ -10,28 +10,17 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from controller.cli.common import EXIT_INVALID, EXIT_OK, error
-from controller.clinic.roles import RolesError, load_roles
-from controller.records.clinical import (
-    OUTCOME_WORDS,
-    duration_text,
-    local_time,
-    local_zone,
-    modality_name,
-    therapy_name,
-)
-from controller.records.dose_text import dose_lines
-from controller.records.history import (
-    PatientHistory,
-    history_csv,
-    history_json,
-    patient_history,
-    session_samples,
-)
-from controller.records.html_report import ReportError, render_html
-from controller.records.report_pdf import PdfError, html_to_pdf
-from controller.records.store import RecordStore
+from controller.cli.common import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, error
+from controller.cli.table import print_table
+
+if TYPE_CHECKING:
+    from controller.records.history import PatientHistory
+    from controller.records.store import RecordStore
+
+# The clinical wording, the history and the report stacks are imported by the commands that
+# use them, not when `records` registers these (issue 15: `records list` starts fast).
 
 # As in records_cmd: unreadable records, or a report that cannot be made or written.
 EXIT_RECORDS = EXIT_INVALID
@@ -39,7 +28,7 @@ STDOUT = "-"
 PDF_SUFFIX = ".pdf"
 FORMATS = ("table", "json", "csv")
 
-Command = Callable[[RecordStore, argparse.Namespace], int]
+Command = Callable[["RecordStore", argparse.Namespace], int]
 Wrap = Callable[[Command], Callable[[argparse.Namespace], int]]
 
 
@@ -65,7 +54,8 @@ def register(rs: argparse._SubParsersAction[argparse.ArgumentParser],
                     "the dose and what it means, a chart, the clinical notes and lines for a "
                     "signature. HTML to stdout unless --out names a file; a FILE.pdf is printed "
                     "by Chromium when it is installed.")
-    rep.add_argument("session_id", metavar="ID")
+    rep.add_argument("session_id", metavar="ID",
+                     help="the session to report on (id or unique prefix)")
     rep.add_argument("--out", metavar="FILE",
                      help=f"write to FILE (.html, or .pdf when Chromium is installed) instead "
                           f"of stdout ('{STDOUT}': stdout)")
@@ -78,6 +68,7 @@ def register(rs: argparse._SubParsersAction[argparse.ArgumentParser],
 # -- records patient --------------------------------------------------------------------------
 
 def _patient(store: RecordStore, args: argparse.Namespace) -> int:
+    from controller.records.history import history_csv, history_json, patient_history
     history = patient_history(store, args.patient)
     if args.fmt == "json":
         sys.stdout.write(history_json(history))
@@ -89,6 +80,7 @@ def _patient(store: RecordStore, args: argparse.Namespace) -> int:
 
 
 def _print_history(history: PatientHistory) -> None:
+    from controller.records.clinical import duration_text, local_zone, modality_name, therapy_name
     entries = history.entries
     if not entries:
         print(f"no sessions for patient {history.patient}")
@@ -96,7 +88,7 @@ def _print_history(history: PatientHistory) -> None:
     zone = local_zone()
     print(f"patient {history.patient}: {len(entries)} session{'s' * (len(entries) != 1)}, "
           f"{_when(entries[0].started_at)} to {_when(entries[-1].started_at)} ({zone})\n")
-    _print_table((f"STARTED ({zone})", "SESSION", "THERAPY", "DEVICE", "OUTCOME", "DELIVERED",
+    print_table((f"STARTED ({zone})", "SESSION", "THERAPY", "DEVICE", "OUTCOME", "DELIVERED",
                   "DOSE"),
                  [(_when(e.started_at), e.session_id,
                    therapy_name({"modality": e.modality, "regimes": list(e.regimes)}),
@@ -104,24 +96,19 @@ def _print_history(history: PatientHistory) -> None:
                    _outcome(e.outcome or e.status), duration_text(e.delivered_s),
                    _dose(e.modality, e.regimes, e.figures)) for e in entries])
     print("\ntotals")
-    _print_table(("THERAPY", "SESSIONS", "DELIVERED", "DOSE"),
+    print_table(("THERAPY", "SESSIONS", "DELIVERED", "DOSE"),
                  [(modality_name(t.modality), str(t.sessions), duration_text(t.delivered_s),
                    _dose(t.modality, (), t.figures)) for t in history.totals])
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    table = [header, *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 def _outcome(outcome: str) -> str:
     """The outcome's first words (`Completed as planned`, `Stopped early`)."""
+    from controller.records.clinical import OUTCOME_WORDS
     return OUTCOME_WORDS.get(outcome, outcome).split(":")[0]
 
 
 def _dose(modality: str, regimes: Sequence[str], figures: dict[str, float]) -> str:
+    from controller.records.dose_text import dose_lines
     lines = dose_lines({"modality": modality, "regimes": list(regimes)}, figures)
     return ", ".join(f"{d.label} {d.text()}" for d in lines) or "-"
 
@@ -129,16 +116,21 @@ def _dose(modality: str, regimes: Sequence[str], figures: dict[str, float]) -> s
 def _when(iso: str) -> str:
     """A record's UTC time in the clinic's time zone, without the zone's name (it heads the
     column)."""
+    from controller.records.clinical import local_time
     return local_time(iso).rsplit(" ", 1)[0]
 
 
 # -- records report ---------------------------------------------------------------------------
 
 def _report(store: RecordStore, args: argparse.Namespace) -> int:
+    from controller.clinic.roles import RolesError, load_roles
+    from controller.records.history import session_samples
+    from controller.records.html_report import ReportError, render_html
+    from controller.records.report_pdf import PdfError, html_to_pdf
     session = store.get_session(args.session_id)
     if session is None:
         error(f"no session {args.session_id} in {store.path}")
-        return EXIT_RECORDS
+        return EXIT_NOT_FOUND
     try:
         clinic = load_roles().clinic
         text = render_html(session, session_samples(store, session.id), clinic=clinic,

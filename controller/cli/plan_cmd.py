@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import textwrap
+from typing import TYPE_CHECKING
 
 from controller.cli.common import (
     EXIT_INVALID,
@@ -15,28 +16,21 @@ from controller.cli.common import (
     error,
     patient_option,
 )
-from controller.cli.session_cmd import (
-    add_record_options,
-    clinic_rules,
-    note_interrupted,
-    terminal_runner,
-)
-from controller.clinic.roles import RoleRefused, RolesError, load_roles
-from controller.modality.dose_budget import plan_budget_problems
-from controller.plans.gates import calibration_gate, interval_gate
+from controller.cli.table import print_table
 from controller.plans.plan import (
     EXAMPLE_WARNING,
     Plan,
     PlanError,
-    PlanReport,
     format_duration,
     load_plan,
     load_plan_file,
     preset_paths,
 )
-from controller.plans.runner import run_plan_ref
-from controller.records.store import RecordsError, RecordStore, default_db_path
-from controller.session.service import SessionStarter
+
+if TYPE_CHECKING:
+    from controller.plans.plan import PlanReport
+
+# The session stack (sessions, records, roles, gates) is imported by `plan run` only.
 
 # Width that `plan show` wraps notes and descriptions to.
 TEXT_WIDTH = 88
@@ -61,7 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                     "need a device fact, the ultrasound energy, are summed at "
                                     "`plan run`). Exit 0 when all are valid, 1 otherwise, with "
                                     "every problem listed.")
-    val.add_argument("plans", metavar="PLAN", nargs="+")
+    val.add_argument("plans", metavar="PLAN", nargs="+",
+                     help="preset names or YAML paths to check")
     val.set_defaults(run=_validate)
     run = ps.add_parser(
         "run", help="run a plan, one session per step",
@@ -83,6 +78,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="no prompts: run the steps one after another")
     run.add_argument("--json", action="store_true",
                      help="print the plan report as JSON on the last line of stdout")
+    from controller.cli.session_cmd import add_record_options  # the session's own options
     add_record_options(run)
     run.set_defaults(run=_run)
 
@@ -115,11 +111,7 @@ def _list(args: argparse.Namespace) -> int:
             rows.append((name, "-", "-", "INVALID"))
             error(str(exc))
             status = EXIT_INVALID
-    header = ("PRESET", "TIME", "EXAMPLE", "NAME")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  "
-              + row[3])
+    print_table(("PRESET", "TIME", "EXAMPLE", "NAME"), rows)
     if rows:
         print("\nPresets are examples for a clinician to review and adapt; see "
               "`modctl plan show PRESET`.")
@@ -171,6 +163,7 @@ def _para(prefix: str, text: str) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from controller.modality.dose_budget import plan_budget_problems
     status = EXIT_OK
     for ref in args.plans:
         try:
@@ -190,6 +183,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from controller.cli.session_cmd import clinic_rules, note_interrupted, terminal_runner
+    from controller.clinic.roles import RoleRefused, RolesError, load_roles
+    from controller.plans.gates import calibration_gate, interval_gate
+    from controller.plans.runner import run_plan_ref
+    from controller.records.store import RecordsError, RecordStore, default_db_path
+    from controller.session.service import SessionStarter
     patient = patient_option(args.patient)  # a usage error, before anything is opened
     ports = parse_devices(args.devices)
     interactive = not args.yes

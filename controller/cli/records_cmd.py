@@ -14,22 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli import history_cmd
-from controller.cli.common import EXIT_INVALID, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, error
-from controller.clinic.clock import TimeError, parse_day
-from controller.clinic.roles import RoleRefused, RolesError, load_roles
-from controller.records.clinical import (
-    delivered_text,
-    device_info,
-    local_time,
-    outcome_sentence,
-    prescription_summary,
-    stop_confirmation,
-    therapy_name,
+from controller.cli.common import (
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    error,
 )
-from controller.records.dose_text import dose_lines, dose_meaning
-from controller.records.export import export_sessions
-from controller.records.fhir import fhir_json
-from controller.records.history import patient_export_json
+from controller.cli.table import print_table
+from controller.clinic.clock import TimeError, parse_day
 from controller.records.notes_table import NOTE_FIELDS, PAIN_MAX, PAIN_MIN, NoteRow
 from controller.records.store import (
     DB_ENV,
@@ -39,6 +33,9 @@ from controller.records.store import (
     SessionRow,
     default_db_path,
 )
+
+# The clinical wording (clinical, dose_text), the exports and the roles are imported by the
+# commands that use them: `records list` starts without them (issue 15).
 
 DEFAULT_LIST_LIMIT = 50
 # A database that cannot be read and a broken audit trail both exit 1: the records can't be trusted.
@@ -68,7 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = rs.add_parser("show", parents=[db], help="one session and its events timeline",
                          description="Show one session (a unique id prefix is enough) in "
                                      "clinical words, its notes, then its events.")
-    show.add_argument("session_id", metavar="ID")
+    show.add_argument("session_id", metavar="ID",
+                      help="a session id, or a unique prefix of one (modctl records list)")
     show.add_argument("--json", action="store_true",
                       help="print the session record, its clinical summary and notes as JSON")
     show.set_defaults(run=_command(_show))
@@ -77,7 +75,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                     "CSV with one row per session and the dose figures as "
                                     "columns, or a FHIR R4 Bundle (Procedure, Device and "
                                     "Observation resources; docs/records.md).")
-    exp.add_argument("--format", choices=("json", "csv", "fhir"), default="json", dest="fmt")
+    exp.add_argument("--format", choices=("json", "csv", "fhir"), default="json", dest="fmt",
+                     help="json (default): sessions with their events; csv: one row per "
+                          "session; fhir: a FHIR R4 Bundle")
     exp.add_argument("--patient", metavar="ID",
                      help="only this patient's sessions; JSON then also holds the patient's "
                           "history with totals per modality")
@@ -93,7 +93,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     f"({PAIN_MIN}-{PAIN_MAX}), free text. Notes are never changed: a correction "
                     "is a new note. Audited; needs the clinician role when roles are "
                     "enforced.")
-    note.add_argument("session_id", metavar="ID")
+    note.add_argument("session_id", metavar="ID",
+                      help="the session the note is about (id or unique prefix)")
     note.add_argument("--body-site", metavar="TEXT", help="where the treatment was applied")
     note.add_argument("--skin-before", metavar="TEXT", help="skin check before the treatment")
     note.add_argument("--skin-after", metavar="TEXT", help="skin check after the treatment")
@@ -166,17 +167,15 @@ def _command(body: Command) -> Callable[[argparse.Namespace], int]:
 
 
 def _list(store: RecordStore, args: argparse.Namespace) -> int:
+    from controller.records.clinical import duration_text, local_time
     sessions = store.list_sessions(args.limit, patient=args.patient, profile=args.profile)
     if not sessions:
         print("no sessions")
         return EXIT_OK
-    header = ("ID", "STARTED", "PROFILE", "PATIENT", "STATUS", "OUTCOME", "PLANNED", "DELIVERED")
-    rows = [header, *[(s.id, s.started_at[:19].replace("T", " "), s.profile, s.patient or "-",
-                       s.status, s.outcome or "-", _secs(s.planned_s), _secs(s.delivered_s))
-                      for s in sessions]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("ID", "STARTED", "PROFILE", "PATIENT", "STATUS", "OUTCOME", "PLANNED",
+                 "DELIVERED"),
+                [(s.id, local_time(s.started_at), s.profile, s.patient, s.status, s.outcome,
+                  duration_text(s.planned_s), duration_text(s.delivered_s)) for s in sessions])
     return EXIT_OK
 
 
@@ -184,7 +183,7 @@ def _show(store: RecordStore, args: argparse.Namespace) -> int:
     s = store.get_session(args.session_id)
     if s is None:
         error(f"no session {args.session_id} in {store.path}")
-        return EXIT_RECORDS
+        return EXIT_NOT_FOUND
     notes = store.notes(s.id)
     if args.json:
         print(json.dumps({"session": s.to_json(), "clinical": clinical_summary(s),
@@ -197,6 +196,15 @@ def _show(store: RecordStore, args: argparse.Namespace) -> int:
 
 def clinical_summary(s: SessionRow) -> dict[str, Any]:
     """The session in clinical words (what `records show` prints first), for programs."""
+    from controller.records.clinical import (
+        delivered_text,
+        device_info,
+        local_time,
+        outcome_sentence,
+        prescription_summary,
+        therapy_name,
+    )
+    from controller.records.dose_text import dose_lines, dose_meaning
     return {"patient": s.patient, "operator": s.operator, "therapy": therapy_name(
                 s.prescription, s.dose),
             "started_at": s.started_at, "ended_at": s.ended_at,
@@ -210,6 +218,16 @@ def clinical_summary(s: SessionRow) -> dict[str, Any]:
 
 
 def _print_session(s: SessionRow, notes: list[NoteRow]) -> None:
+    from controller.records.clinical import (
+        delivered_text,
+        device_info,
+        local_time,
+        outcome_sentence,
+        prescription_summary,
+        stop_confirmation,
+        therapy_name,
+    )
+    from controller.records.dose_text import dose_lines, dose_meaning
     _, confirmed = stop_confirmation(s)
     dose = "; ".join(f"{d.label} {d.text()}" for d in dose_lines(s.prescription, s.dose))
     fields: list[tuple[str, Any]] = [
@@ -255,6 +273,7 @@ def note_text(n: NoteRow) -> str:
 
 
 def _note(store: RecordStore, args: argparse.Namespace) -> int:
+    from controller.clinic.roles import RoleRefused, RolesError, load_roles
     try:
         operator = load_roles().require("clinician", args.operator, "record a clinical note")
     except (RoleRefused, RolesError) as exc:
@@ -263,7 +282,7 @@ def _note(store: RecordStore, args: argparse.Namespace) -> int:
     session = store.get_session(args.session_id)
     if session is None:
         error(f"no session {args.session_id} in {store.path}")
-        return EXIT_RECORDS
+        return EXIT_NOT_FOUND
     try:
         note = store.add_note(session.id, actor=operator, body_site=args.body_site,
                               skin_before=args.skin_before, skin_after=args.skin_after,
@@ -285,6 +304,10 @@ def _as_option(message: str) -> str:
 
 
 def _export(store: RecordStore, args: argparse.Namespace) -> int:
+    from controller.clinic.roles import RolesError, load_roles
+    from controller.records.export import export_sessions
+    from controller.records.fhir import fhir_json
+    from controller.records.history import patient_export_json
     sessions = store.sessions_oldest_first(args.patient)
     if args.since is not None:
         floor = datetime.combine(args.since, time()).astimezone().astimezone(UTC)

@@ -10,7 +10,7 @@ from contextlib import suppress
 from types import FrameType
 
 from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error, patient_option
-from controller.cli.live_display import LiveDisplay
+from controller.cli.live_display import LiveDisplay, SessionFacts, summary_lines
 from controller.clinic.roles import RoleRefused, RolesConfig, RolesError, load_roles
 from controller.modality.prescription import (
     DurationError,
@@ -29,6 +29,8 @@ from controller.session.service import ClinicRules, SessionStarter, StepRunner
 
 # How often the terminal display refreshes.
 DISPLAY_PERIOD_S = 0.25
+# Outcomes whose reason is an error, told on stderr.
+FAILED_OUTCOMES = ("fault", "rejected")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -145,7 +147,8 @@ def run_session(starter: SessionStarter, profile: Profile, rx: Prescription, por
     exception here stops the session as a fault and waits for it before going on (the worker
     is a daemon thread: the process must not exit under it).
     """
-    display = LiveDisplay(profile.modality, profile.id, sys.stdout) if live else None
+    display = LiveDisplay(SessionFacts(profile.model, profile.modality, rx.record(), port),
+                          sys.stdout) if live else None
     session = starter.session(profile, rx, port, operator=operator, patient=patient,
                               clear_fault=clear_fault)
     stops = {"count": 0}
@@ -174,7 +177,7 @@ def run_session(starter: SessionStarter, profile: Profile, rx: Prescription, por
         for s, handler in previous.items():
             signal.signal(s, handler)
         if display is not None:
-            _close(display)
+            _close(display, session.report)
     assert session.report is not None
     return session.report
 
@@ -196,9 +199,13 @@ def _show(display: LiveDisplay, snapshot: Snapshot) -> bool:
     return True
 
 
-def _close(display: LiveDisplay) -> None:
+def _close(display: LiveDisplay, report: SessionReport | None) -> None:
+    """The display's last line states the outcome (or just ends, when there is none)."""
     with suppress(OSError, ValueError):
-        display.close()
+        if report is not None:
+            display.finish(report)
+        else:
+            display.close()
 
 
 def print_report(report: SessionReport, as_json: bool) -> None:
@@ -211,15 +218,14 @@ def print_report(report: SessionReport, as_json: bool) -> None:
 
 
 def _print_report(report: SessionReport, as_json: bool) -> None:
+    """The summary on stdout (stderr with --json, whose stdout is the report). What made a
+    session fail or refused it is one sentence on stderr, said once: not on stdout too."""
+    failed = report.outcome in FAILED_OUTCOMES
+    if failed and not as_json:
+        error(f"{report.outcome}: {report.reason}")
     out = sys.stdout if not as_json else sys.stderr
-    stop = report.stop_source or "-"
-    print(f"session {report.session_id or '(not recorded)'}: {report.outcome} - {report.reason}",
-          file=out)
-    print(f"  planned {report.planned_s:g} s, delivered {report.delivered_s:.2f} s, "
-          f"stopped by {stop}, stop confirmed: {report.stop_confirmed}", file=out)
-    if report.dose:
-        dose = ", ".join(f"{k} {v:.4g}" for k, v in report.dose.items())
-        print(f"  dose: {dose}", file=out)
+    for line in summary_lines(report, with_reason=as_json or not failed):
+        print(line, file=out)
     if as_json:
         print(report.to_json(), flush=True)
 

@@ -21,7 +21,8 @@ from controller.cli.clinic_common import (
     open_store,
     refused,
 )
-from controller.cli.common import EXIT_OK, EXIT_USAGE, UsageError, error
+from controller.cli.common import EXIT_OK, EXIT_USAGE, NotFound, UsageError, error
+from controller.cli.table import print_table
 from controller.clinic.roles import ROLES, RolesConfig
 from controller.service.accounts import (
     PASSWORD_MIN,
@@ -61,13 +62,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         description="Disable an account: it can no longer log in and its "
                                     "logins end. Accounts are never deleted and names never "
                                     "reused, since the audit trail names them.")
-    dis.add_argument("name", metavar="NAME")
+    dis.add_argument("name", metavar="NAME", help="the account to disable")
     add_clinic_options(dis, operator=False)
     dis.set_defaults(run=_users_command(_disable))
     pw = us.add_parser("passwd", help="set an account's password (its logins end)",
                        description="Set a new password for an enabled account; its logins "
                                    "end.")
-    pw.add_argument("name", metavar="NAME")
+    pw.add_argument("name", metavar="NAME", help="the account whose password to set")
     _password_option(pw)
     add_clinic_options(pw, operator=False)
     pw.set_defaults(run=_users_command(_passwd))
@@ -140,19 +141,23 @@ def _list(args: argparse.Namespace) -> int:
     if not accounts:
         print("no accounts (add the first admin: modctl users add NAME --role admin)")
         return EXIT_OK
-    table = [("NAME", "ROLE", "STATUS", "CREATED (UTC)", "LAST CHANGE (UTC)"),
-             *((a.name, a.role, STATUS[a.disabled], _when(a.created), _when(a.changed))
-               for a in accounts)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("NAME", "ROLE", "STATUS", "CREATED (UTC)", "LAST CHANGE (UTC)"),
+                [(a.name, a.role, STATUS[a.disabled], _when(a.created), _when(a.changed))
+                 for a in accounts])
     return EXIT_OK
+
+
+def _require(accounts: Accounts, name: str) -> None:
+    """NotFound (exit 1, as every unknown name) unless the account exists."""
+    if accounts.get(name) is None:
+        raise NotFound(f"user '{name}' does not exist (see modctl users list)")
 
 
 def _disable(args: argparse.Namespace) -> int:
     check_name(args.name)
     actor = _actor()
     with open_store(args, create=False) as store:
+        _require(Accounts(store), args.name)
         account = Accounts(store).disable(args.name, actor)
     print(f"disabled {account.name}; its logins to the service end at their next request")
     return EXIT_OK
@@ -162,6 +167,8 @@ def _passwd(args: argparse.Namespace) -> int:
     actor = _actor()
     with open_store(args, create=False) as store:
         accounts = Accounts(store)
+        check_name(args.name)
+        _require(accounts, args.name)
         account = accounts.check_changeable(args.name)  # before asking for a password
         accounts.set_password(account.name, _password(args, account.name), actor)
     print(f"password of {account.name} changed; its logins to the service end")

@@ -99,6 +99,7 @@ def open_engine(profile: Profile, port: str) -> Engine:
     except Exception:
         transport.close()
         raise
+    engine.device = f"the {profile.model}"   # its failures then name the model, not "device"
     return engine
 
 
@@ -221,7 +222,8 @@ class DeviceLink:
         for key, want in step.expect.items():
             got = results.get(key)
             if not _equal(got, want):
-                raise OperationFailed(f"{op}: {key} is {got!r}, expected {want!r}")
+                raise OperationFailed(f"{op}: the device reports {key} {_shown(got)}, "
+                                      f"expected {_shown(want)}")
 
 
 def expand(source: str, variables: Mapping[str, Scalar]) -> str:
@@ -232,6 +234,13 @@ def expand(source: str, variables: Mapping[str, Scalar]) -> str:
             source = source.replace(token, scalar_text(value))
     return source
 
+
+
+def _shown(value: Scalar | None) -> str:
+    """A reply value in a message: text as it is, `nothing` for a missing one (no reprs)."""
+    if value is None:
+        return "nothing"
+    return scalar_text(value) if not isinstance(value, str) else f"\"{value.strip()}\""
 
 
 def _equal(got: Scalar | None, want: Scalar) -> bool:

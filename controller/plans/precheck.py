@@ -125,11 +125,12 @@ def _probe(profile: Profile, rx: Prescription, port: str,
     try:
         link = link_factory(profile, port)
     except ProtocolError as exc:
-        return {}, f"cannot open the port: {exc}"
+        text = str(exc)
+        return {}, text if text.startswith("cannot open") else f"cannot open the port: {text}"
     try:
         found = identify(link, variables)
     except (ProtocolError, IdentityError) as exc:
-        return {}, f"did not identify as a {profile.vendor} {profile.model}: {exc}"
+        return {}, f"did not identify as the {profile.vendor} {profile.model} of the profile: {exc}"
     finally:
         link.close()
     if found.latched_fault:

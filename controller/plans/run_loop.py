@@ -36,6 +36,8 @@ Sleep = Callable[[float], None]
 
 # The pause countdown is refreshed this often (and a stop is noticed this fast).
 PAUSE_TICK_S = 1.0
+# Off a terminal (a log), a pause says how long is left this often.
+PAUSE_REPORT_S = 30.0
 # Answers at the between-steps prompt.
 START_ANSWERS = frozenset({"", "c", "continue", "y", "yes", "start"})
 PAUSE_ANSWERS = frozenset({"p", "pause"})
@@ -119,7 +121,7 @@ class PlanRun:
                 return
             self._check_signal()
             if step.pause_after_s > 0 and step.index < total:
-                self._pause(step.pause_after_s, sleep)
+                self._pause(step.pause_after_s, sleep, step.index + 1)
         self._end("completed", _completed_reason(self.report.steps))
 
     def _step_failed(self, step: PlanStep, result: StepResult) -> None:
@@ -153,14 +155,28 @@ class PlanRun:
             except EOFError:
                 raise _Stop("(no answer: end of input)") from None
 
-    def _pause(self, seconds: float, sleep: Sleep) -> None:
-        self._say(f"  pause of {format_duration(seconds)} before the next step "
+    def _pause(self, seconds: float, sleep: Sleep, next_step: int) -> None:
+        """Wait between steps, showing what is waited for and how long is left: rewritten in
+        place on a terminal, a line every `PAUSE_REPORT_S` otherwise (a log)."""
+        self._say(f"  pause of {format_duration(seconds)} before step {next_step} "
                   "(Ctrl-C stops the plan)")
+        live = _is_terminal(self.out)
         end = time.monotonic() + seconds
+        last_line = time.monotonic()
         with self._interruptible():
             while (left := end - time.monotonic()) > 0:
                 sleep(min(PAUSE_TICK_S, left))
                 self._check_signal()
+                left = max(0.0, end - time.monotonic())
+                text = (f"  pause: {_mm_ss(left)} left of {_mm_ss(seconds)} before step "
+                        f"{next_step} (Ctrl-C stops the plan)")
+                if live:
+                    self._write(f"\r{text}\x1b[K")
+                elif time.monotonic() - last_line >= PAUSE_REPORT_S and left > 0:
+                    self._say(text)
+                    last_line = time.monotonic()
+        if live:
+            self._write("\r\x1b[K")
 
     # -- ending ---------------------------------------------------------------------------
     def refuse(self, problems: list[str]) -> PlanReport:
@@ -257,10 +273,27 @@ class PlanRun:
         if self._signalled:
             raise _Stop(f"({self._signalled})")
 
+    def _write(self, text: str) -> None:
+        with suppress(BrokenPipeError, ValueError):
+            self.out.write(text)
+            self.out.flush()
+
     def _say(self, text: str) -> None:
         # A closed output must never change how the plan ends.
         with suppress(BrokenPipeError, ValueError):
             print(text, file=self.out, flush=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _mm_ss(seconds: float) -> str:
+    whole = int(seconds + 0.999)  # 0.2 s left reads 00:01, never 00:00 before the end
+    return f"{whole // 60:02d}:{whole % 60:02d}"
 
 
 def _settings(step: PlanStep) -> str:

@@ -19,7 +19,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from controller.profiles.loader import ProfileError, load_profile_file, resolve_profile
 from controller.records.history import format_number, number, session_modality
 from controller.records.sessions import SessionRow
 
@@ -250,6 +249,8 @@ def _text(value: Any) -> str:
 def profile_maker(profile: str, profile_path: str = "") -> tuple[str, str]:
     """(vendor, model) of a device profile: the file the session ran on, else the shipped
     profile of that id; ("", "") when neither can be read (a profile since removed)."""
+    # Imported here: the loader brings pydantic, which `records list` need not pay for.
+    from controller.profiles.loader import ProfileError, load_profile_file, resolve_profile
     try:
         if profile_path and Path(profile_path).is_file():
             loaded = load_profile_file(profile_path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from controller.records.clinical import UCUM, duration_text, therapy_kind, unit_for, with_unit
@@ -24,6 +25,30 @@ ENERGY_DENSITY_KEY = "energy_density_j_cm2"
 # Below this a figure reads "< 0.001": a few seconds near body temperature give a CEM43 of
 # 1e-9 min, which is zero for any clinical purpose and unreadable in scientific notation.
 SMALLEST_SHOWN = 0.001
+# How a clinician reads each figure (issue 15): the thermal dose to 2 significant figures
+# (4.2 CEM43 min; its uncertainty is larger than that), energies to 0.1 J. Other figures keep
+# format_number's 4 significant digits.
+SIGNIFICANT = {"cem43_min": 2}
+DECIMALS = {"energy_j": 1, "nominal_energy_j": 1, ENERGY_DENSITY_KEY: 1}
+
+
+def clinical_number(key: str, value: float) -> str:
+    """`value` of the record figure `key` rounded as a clinician reads it, half up, without
+    trailing zeros or scientific notation: cem43_min 4.2, 0.012, 120; energy_j 2250, 12.3."""
+    if key in SIGNIFICANT and value != 0:
+        exact = Decimal(repr(value))
+        step = Decimal(1).scaleb(exact.adjusted() - SIGNIFICANT[key] + 1)
+        return _plain(exact.quantize(step, rounding=ROUND_HALF_UP) if step < 1
+                      else (exact / step).quantize(Decimal(1), rounding=ROUND_HALF_UP) * step)
+    if key in DECIMALS:
+        step = Decimal(1).scaleb(-DECIMALS[key])
+        return _plain(Decimal(repr(value)).quantize(step, rounding=ROUND_HALF_UP))
+    return format_number(value)
+
+
+def _plain(number_: Decimal) -> str:
+    text = f"{number_:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @dataclass(frozen=True)
@@ -43,6 +68,8 @@ class DoseLine:
             return duration_text(self.value)
         if 0 < abs(self.value) < SMALLEST_SHOWN:
             return f"< {SMALLEST_SHOWN:g} {self.unit}".rstrip()
+        if self.key in SIGNIFICANT or self.key in DECIMALS:
+            return f"{clinical_number(self.key, self.value)} {self.unit}".rstrip()
         return with_unit(self.value, self.unit)
 
 
@@ -124,7 +151,8 @@ def _heat(rx: Mapping[str, Any], dose: Mapping[str, Any]) -> str:
     cem = number(dose.get("cem43_min"))
     if cem is None:
         return ""
-    shown = f"< {SMALLEST_SHOWN:g}" if 0 < cem < SMALLEST_SHOWN else format_number(cem)
+    shown = (f"< {SMALLEST_SHOWN:g}" if 0 < cem < SMALLEST_SHOWN
+             else clinical_number("cem43_min", cem))
     text = (f"Thermal dose {shown} CEM43 min: the tissue under the pad was heated as much as "
             f"{shown} minutes held at 43 °C would heat it")
     peak = number(dose.get("max_pad_temp_c"))
@@ -157,12 +185,13 @@ def _ultrasound(rx: Mapping[str, Any], dose: Mapping[str, Any]) -> str:
     energy = number(dose.get("energy_j"))
     if energy is None:
         return ""
-    text = f"{format_number(energy)} J of acoustic energy was delivered"
+    text = f"{clinical_number('energy_j', energy)} J of acoustic energy was delivered"
     era = number(dose.get("era_cm2"))
     density = energy_density(dose)
     if era is not None and density is not None:
         text += (f" through an effective radiating area of {format_number(era)} cm², that is "
-                 f"{format_number(density)} J/cm² at the treatment head")
+                 f"{clinical_number(ENERGY_DENSITY_KEY, density)} J/cm² at the treatment "
+                 "head")
     treatment = number(dose.get("treatment_s"))
     if treatment is not None:
         text += f", during {duration_text(treatment)} of coupled treatment"

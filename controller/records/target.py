@@ -61,4 +61,10 @@ def as_target(value: str | os.PathLike[str]) -> DbTarget:
         return value
     if is_pg(value):
         return PgUrl(str.__str__(value))
+    text = os.fspath(value)
+    for scheme in PG_SCHEMES:
+        # A URL that went through Path() lost a slash ("postgresql:/host/db"): it is still a
+        # URL, never a file to create in the working directory.
+        if text.startswith(scheme[:-1]) and not text.startswith(scheme):
+            return PgUrl(scheme + text[len(scheme) - 1:])
     return Path(value).expanduser()

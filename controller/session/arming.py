@@ -56,7 +56,10 @@ def connect(ctx: SessionContext, link_factory: LinkFactory) -> None:
     try:
         ctx.link = link_factory(ctx.profile, ctx.port)
     except ProtocolError as exc:
-        raise Reject(f"cannot open {ctx.port}: {exc}") from None
+        # The transport's own sentence names the port ("cannot open PORT: ...").
+        text = str(exc)
+        raise Reject(text if text.startswith("cannot open") else
+                     f"cannot open {ctx.port}: {text}") from None
     ctx.link.set_event_handler(ctx.device_events.append)
     ctx.link.set_interrupt(ctx.interrupt_wanted)
     ctx.state.fire("connected")
@@ -73,7 +76,8 @@ def identify_device(ctx: SessionContext, *, clear_fault: bool,
         raise
     except ProtocolError as exc:
         # Identification only reads: nothing was written, so nothing may start.
-        raise Reject(f"device did not identify as a {ctx.profile.model}: {exc}") from None
+        raise Reject(f"the device did not identify as the {ctx.profile.model} of the "
+                     f"profile: {exc}") from None
     except IdentityError as exc:
         raise Reject(f"device identity unreadable: {exc}") from None
     ctx.identity, ctx.device = found.results, found.identity
