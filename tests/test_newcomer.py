@@ -203,6 +203,9 @@ def test_readme_commands_work_in_a_fresh_clone(clones: tuple[Path, Path]) -> Non
     tests_proc = start_in_clone(command, tests_clone, newcomer_env(tests_clone.parent))
     try:
         main_status, main_out = finish(main_proc, main_job, main_clone, deadline)
+        if main_status == 0:  # while the tests clone still runs
+            check_a_silent_device_is_one_sentence(main_clone / ".venv" / "bin" / "modctl",
+                                                  main_clone.parent)
         status, out = finish(tests_proc, command, tests_clone, deadline)
     finally:
         stop_group(main_proc)
@@ -235,6 +238,35 @@ def check_bare_modctl_lists_the_commands(modctl: Path) -> None:
     assert {"profiles", "session", "records", "demo", "devices", "book", "completion"} \
         <= set(listed), done.stderr
     assert "Traceback" not in done.stderr
+
+
+# What a technician must never see on stderr (issue 15): hex runs, reprs, tracebacks.
+HEX_RUN = re.compile(r"\b[0-9a-f]{2}( [0-9a-f]{2}){2,}\b")
+NEVER_ON_STDERR = ("Traceback", "None", "b'", "[Errno")
+
+
+def check_a_silent_device_is_one_sentence(modctl: Path, scratch: Path) -> None:
+    """A device that goes silent as its output starts: one sentence on stderr, no hex, no
+    retries (issue 15), with the newcomer's own `modctl` and its simulator."""
+    sim = subprocess.Popen([str(modctl), "simulate", "hc-200", "--fault", "silent_at=0"],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None
+        line = sim.stdout.readline()
+        assert line.startswith("port: "), line
+        done = subprocess.run(
+            [str(modctl), "session", "run", "hc-200", "--port", line.split()[1],
+             "--duration", "5s", "--set", "temperature_c=40", "--db",
+             str(scratch / "silent.sqlite3")],
+            capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    assert done.returncode == 5, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert re.search(r"no reply from the HC-200 on \S+ after \d+ attempts", done.stderr)
+    assert not HEX_RUN.search(done.stderr), done.stderr
+    assert not any(word in done.stderr for word in NEVER_ON_STDERR), done.stderr
 
 
 def test_bare_modctl_lists_the_commands() -> None:
