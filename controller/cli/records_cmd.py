@@ -20,6 +20,7 @@ from controller.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_USAGE,
+    UsageError,
     error,
 )
 from controller.cli.table import print_table
@@ -119,7 +120,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                           "verify): fail unless it is still in the chain, so a chain "
                           "rewritten or cut since then is caught")
     ver.set_defaults(run=_command(_verify))
+    mig = rs.add_parser(
+        "migrate", help="move a clinic's records to another database (SQLite to PostgreSQL)",
+        description="Copy every record (sessions, events, telemetry, devices, bookings, "
+                    "calibrations, accounts, notes and the whole audit chain) from one "
+                    "database into an empty one, typically an SQLite file into the "
+                    "PostgreSQL database several rooms will share. The source chain is "
+                    "verified first, the copy is verified before it is committed (same "
+                    "chain head), and a target that already holds records is refused. "
+                    "Stop every controller using the source first.")
+    mig.add_argument("--from", dest="source", required=True, metavar="DB",
+                     help="the database to copy: a file path, sqlite:///path, or a "
+                          "postgresql:// URL")
+    mig.add_argument("--to", dest="target", required=True, metavar="DB",
+                     help="the empty database to fill: a postgresql:// URL (or a new file)")
+    mig.set_defaults(run=_migrate)
     history_cmd.register(rs, [db], _command)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from controller.records.migrate import migrate
+    try:
+        report = migrate(args.source, args.target,
+                         progress=lambda text: print(text, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except RecordsError as exc:
+        error(str(exc))
+        return EXIT_RECORDS
+    for line in report.lines():
+        print(line)
+    return EXIT_OK
 
 
 def _head_hash(text: str) -> str:

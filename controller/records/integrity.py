@@ -25,6 +25,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from controller.records.sql import Connection, Row
@@ -338,7 +339,7 @@ def _check_samples(conn: Connection, expected: _Expected) -> None:
                               " ORDER BY batch")
     current: int | None = None
     members: list[Row] = []
-    for r in [*batch_rows, None]:
+    for r in chain(batch_rows, [None]):
         if r is None or int(r["batch"]) != current:
             if current is not None:
                 found[current] = group_hash(members)

@@ -112,7 +112,8 @@ class PgCursor:
         return self._cursor.fetchall() if self._cursor.description else []
 
     def __iter__(self) -> Iterator[Row]:
-        return iter(self.fetchall())
+        # Row by row: a verify over a million telemetry rows must not hold them all.
+        return iter(self._cursor) if self._cursor.description else iter(())
 
     @property
     def rowcount(self) -> int:

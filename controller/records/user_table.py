@@ -111,7 +111,7 @@ class UserTable:
 
     def users(self) -> list[UserRow]:
         with self._db.read("list accounts") as conn:
-            rows = conn.execute("SELECT * FROM users ORDER BY name").fetchall()
+            rows = conn.execute("SELECT * FROM users ORDER BY lower(name), name").fetchall()
         return [_row(r) for r in rows]
 
     def user(self, name: str) -> UserRow | None:
