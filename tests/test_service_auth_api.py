@@ -41,6 +41,7 @@ ENDPOINTS: list[tuple[str, str, object, frozenset[str]]] = [
      frozenset({"clinician", "admin"})),
     ("GET", "/api/devices/heat-1/form", None, ANYONE),
     ("GET", "/api/alarms", None, ANYONE),
+    ("GET", "/api/rooms", None, ANYONE),
     ("POST", "/api/alarms/99999/ack", None, ANYONE),
     ("GET", "/api/sessions/NOSUCH/report", None, ANYONE),
     ("GET", "/api/sessions/NOSUCH/notes", None, ANYONE),

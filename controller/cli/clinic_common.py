@@ -57,7 +57,8 @@ def open_store(args: argparse.Namespace, create: bool = True) -> RecordStore:
 
 def db_exists(args: argparse.Namespace) -> bool:
     from controller.records.store import default_db_path
-    return Path(default_db_path(args.db)).exists()
+    target = default_db_path(args.db)
+    return not isinstance(target, Path) or target.exists()  # a server: ask it
 
 
 def refused(message: str) -> int:

@@ -94,7 +94,8 @@ def serve_demo(args: argparse.Namespace) -> int:
                           settings={"temperature_c": "40"}, modalities=["thermal"],
                           patient=DEMO_PATIENT, starts_at=datetime.now(UTC), duration_s=120.0,
                           actor="demo", min_interval_s=0)
-        options = ServiceOptions(idle_s=DEFAULT_IDLE_HOURS * 3600, plans_dir=plans)
+        # The demo's devices are registered without a room, whatever $MODCTL_ROOM says.
+        options = ServiceOptions(idle_s=DEFAULT_IDLE_HOURS * 3600, plans_dir=plans, room=None)
         ctx = ServiceContext.build(store, ClinicRules(), options)
         for account, role in DEMO_ACCOUNTS.items():
             password = secrets.token_urlsafe(9)

@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--serial", metavar="TEXT",
                      help="the device's serial number, with --no-probe (otherwise read from "
                           "the device)")
+    add.add_argument("--room", metavar="NAME",
+                     help="the treatment room whose PC the device is plugged into (default "
+                          "$MODCTL_ROOM; none on a one-PC clinic): only that room's clinic "
+                          "service holds it")
     add.add_argument("--no-probe", action="store_true",
                      help="register without identifying the device now (it is then known by "
                           "name and port only, not by its serial number)")
@@ -95,6 +99,10 @@ def _add(args: argparse.Namespace) -> int:
     profile = loaded.profile
     if args.serial and not args.no_probe:
         raise UsageError("--serial goes with --no-probe: otherwise the device reports it")
+    from controller.clinic.room_names import room_from_env, room_problem
+    room = args.room.strip() if args.room is not None else room_from_env()
+    if room is not None and (problem := room_problem(room)):
+        raise UsageError(f"--room: {problem}")
     port = args.port.strip()
     identity = {"model": None, "serial": (args.serial or "").strip() or None}
     if not args.no_probe:
@@ -109,11 +117,12 @@ def _add(args: argparse.Namespace) -> int:
         device = store.add_device(args.name, ref, port, operator,
                                   serial=identity["serial"], model=identity["model"],
                                   profile_path=loaded.source_path, profile_sha256=loaded.sha256,
-                                  port_real=real_port(port))
+                                  port_real=real_port(port), room=room)
         state = _calibration(store, device)
     who = f"serial {device.serial}" if device.serial else "identity not checked"
+    where = f" in room {device.room}" if device.room else ""
     print(f"registered {device.name}: {profile.id} ({profile.vendor} {profile.model}, {who}) "
-          f"on {device.port}; profile file {loaded.source_path} (SHA-256 "
+          f"on {device.port}{where}; profile file {loaded.source_path} (SHA-256 "
           f"{loaded.sha256[:12]}...); calibration: {state}")
     return EXIT_OK
 
@@ -179,13 +188,16 @@ def _list(args: argparse.Namespace) -> int:
         return EXIT_OK
     with open_store(args, create=False) as store:
         devices = store.devices(include_removed=args.all)
-        rows = [(d.name, d.profile, d.port, d.serial or "-",
+        rooms = any(d.room for d in devices)
+        rows = [(d.name, *((d.room or "-",) if rooms else ()), d.profile, d.port,
+                 d.serial or "-",
                  "removed " + (d.removed_at or "")[:10] if d.removed else _calibration(store, d),
                  d.registered_by) for d in devices]
     if not rows:
         print("no devices registered")
         return EXIT_OK
-    print_table(("NAME", "PROFILE", "PORT", "SERIAL", "CALIBRATION", "REGISTERED BY"), rows)
+    print_table(("NAME", *(("ROOM",) if rooms else ()), "PROFILE", "PORT", "SERIAL",
+                 "CALIBRATION", "REGISTERED BY"), rows)
     return EXIT_OK
 
 

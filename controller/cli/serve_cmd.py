@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--plans", metavar="DIR",
                    help="a folder of reviewed plan files the API may run by name (besides "
                         "the shipped presets)")
+    p.add_argument("--room", metavar="NAME",
+                   help="the treatment room this service serves (default $MODCTL_ROOM): it "
+                        "holds only the devices registered in that room; required on a "
+                        "database several rooms share (docs/service.md)")
     p.add_argument("--once", action="store_true",
                    help="print the reminders that apply now and exit (no HTTP service)")
     add_clinic_options(p)
@@ -79,6 +83,11 @@ def _serve(args: argparse.Namespace) -> int:
             problem = "--idle-hours must be more than 0"
         if problem is None and args.plans and not Path(args.plans).is_dir():
             problem = f"--plans {args.plans}: no such folder"
+        if problem is None and args.room is not None:
+            from controller.clinic.room_names import room_problem
+            problem = room_problem(args.room)
+            if problem:
+                problem = f"--room: {problem}"
         if problem is not None:
             raise UsageError(problem)
     with open_store(args) as store:
@@ -86,9 +95,12 @@ def _serve(args: argparse.Namespace) -> int:
             # The web stack is imported only here: other commands start without it.
             from controller.service.context import ServiceContext, ServiceOptions
             from controller.service.server import run_service
+            # Without --room, ServiceOptions takes $MODCTL_ROOM.
+            room = {"room": args.room} if args.room is not None else {}
             options = ServiceOptions(idle_s=args.idle_hours * 3600,
                                      insecure_http=args.insecure_http,
-                                     plans_dir=Path(args.plans) if args.plans else None)
+                                     plans_dir=Path(args.plans) if args.plans else None,
+                                     **room)
             ctx = ServiceContext.build(store, clinic_rules(config), options)
             return run_service(ctx, listen, actor, config.clinic.calibration_warning_days)
         reminders = Reminders(store, actor, config.clinic.calibration_warning_days)

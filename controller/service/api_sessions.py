@@ -32,6 +32,7 @@ from controller.service.api_auth import Authenticated, Ctx, role
 from controller.service.auth import Login
 from controller.service.devices import DeviceSlot
 from controller.service.http_errors import ApiError
+from controller.service.rooms import held_elsewhere
 from controller.service.runs import STOP_WAIT_S, Run, StartRefused
 from controller.session.report import SessionReport
 
@@ -55,6 +56,9 @@ class StartBody(BaseModel):
 def slot_named(ctx: Ctx, name: str) -> DeviceSlot:
     slot = ctx.slots.get(name)
     if slot is None:
+        elsewhere = held_elsewhere(ctx, name)
+        if elsewhere:  # registered, but another room's PC drives it
+            raise ApiError(409, elsewhere)
         known = ", ".join(sorted(ctx.slots)) or "none registered"
         raise ApiError(404, f"no registered device named '{name}' (devices: {known})")
     return slot
@@ -211,7 +215,14 @@ def list_sessions(ctx: Ctx, login: Authenticated,
 
 def _not_running(ctx: Ctx, session_id: str, report: SessionReport | None) -> NoReturn:
     """Why there is nothing to stop: the session has ended (409) or is unknown (404)."""
-    if report is not None or ctx.store.get_session(session_id) is not None:
+    row = None if report is not None else ctx.store.get_session(session_id)
+    if row is not None and row.status == "open":
+        where = ("in another room, which alone may stop it (the Rooms page shows it; stop it "
+                 "there, or at the device)" if ctx.store.shared else
+                 "outside this service (a command-line session: stop it there, or at the "
+                 "device)")
+        raise ApiError(409, f"session {session_id} runs {where}")
+    if report is not None or row is not None:
         raise ApiError(409, f"session {session_id} has already ended")
     raise ApiError(404, f"no session {session_id}")
 

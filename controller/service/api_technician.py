@@ -2,7 +2,8 @@
 a device's port to a CLI tool (calibration, `devices pin`) and hold it again.
 
 A registration identifies the device first (read-only), as `modctl devices add` does, and
-pins the profile file's hash; the service then holds and watches it like the others.
+pins the profile file's hash, in the service's room; the service then holds and watches it
+like the others.
 Calibration itself stays on the CLI (`modctl calibrate`): it needs the technician at the
 device with a reference instrument, and the service gives the port up for it.
 """
@@ -68,7 +69,8 @@ def register(body: NewDevice, ctx: Ctx, login: Technician) -> dict[str, object]:
                                    serial=found.identity.get("serial"),
                                    model=found.identity.get("model"),
                                    profile_path=loaded.source_path,
-                                   profile_sha256=loaded.sha256, port_real=real_port(body.port))
+                                   profile_sha256=loaded.sha256, port_real=real_port(body.port),
+                                   room=ctx.options.room)
     except ClinicError as exc:
         raise ApiError(409, str(exc)) from None
     slot = ctx.add_slot(row)

@@ -13,6 +13,7 @@ from controller.service import (
     api_clinic,
     api_devices,
     api_plans,
+    api_rooms,
     api_sessions,
     api_technician,
     http_errors,
@@ -29,7 +30,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     app.state.ctx = ctx
     http_errors.install(app)
     for module in (api_auth, api_devices, api_technician, api_sessions, api_plans,
-                   api_clinic):
+                   api_clinic, api_rooms):
         app.include_router(module.router)
     console.install(app)
     app.add_middleware(http_errors.BodyLimit)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.calibration.gate import registered_profile
+from controller.clinic.room_names import room_from_env
 from controller.records.clinic_tables import DeviceRow
 from controller.records.store import RecordStore
 from controller.service.accounts import Accounts
@@ -18,6 +19,12 @@ from controller.service.auth import Authenticator, LoginLimiter, TokenBook
 from controller.service.devices import DeviceSlot, DeviceWatch, LinkOpener
 from controller.service.events import EventHub
 from controller.service.plan_runs import PlanRuns
+from controller.service.rooms import (
+    ROOM_EVENTS,
+    Heartbeat,
+    check_room,
+    holds,
+)
 from controller.service.runs import Runs
 from controller.session.service import ClinicRules
 
@@ -35,6 +42,10 @@ class ServiceOptions:
     """Reviewed plan files the API may run by name, beside the shipped presets."""
     allowed_origins: tuple[str, ...] = ()
     """Origins whose cookie-authenticated requests need no CSRF header (the console's own)."""
+    room: str | None = field(default_factory=room_from_env)
+    """The treatment room this service serves (`--room`, else $MODCTL_ROOM): it holds only
+    the devices registered in that room. Required on a shared (PostgreSQL) database; None on
+    a clinic's one PC, where it holds the devices registered without a room."""
 
 
 @dataclass
@@ -49,6 +60,8 @@ class ServiceContext:
     options: ServiceOptions
     slots: dict[str, DeviceSlot] = field(default_factory=dict)
     watch: DeviceWatch | None = None
+    heartbeat: Heartbeat | None = None
+    """This room's row in the rooms table (controller.service.rooms), once claimed."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _opener: LinkOpener | None = None
     publish: Callable[[str, dict[str, object]], None] = lambda kind, data: None
@@ -56,12 +69,18 @@ class ServiceContext:
     @classmethod
     def build(cls, store: RecordStore, rules: ClinicRules, options: ServiceOptions, *,
               opener: LinkOpener | None = None) -> ServiceContext:
+        """RoomError (a ClinicError) when the database is shared and no room is given."""
+        check_room(options.room, store.shared, str(store.path))
         hub = EventHub()
         alarms = AlarmBook(hub.publish)
+        ctx: ServiceContext | None = None
 
         def publish(kind: str, data: dict[str, object]) -> None:
             alarms.observe(kind, data)
             hub.publish(kind, data)
+            heartbeat = ctx.heartbeat if ctx is not None else None
+            if heartbeat is not None and kind in ROOM_EVENTS:
+                heartbeat.poke()   # other rooms see a start or an end within a second
 
         accounts = Accounts(store)
         auth = Authenticator(accounts, store, TokenBook(options.idle_s), LoginLimiter())
@@ -72,10 +91,20 @@ class ServiceContext:
         return ctx
 
     def load_devices(self, opener: LinkOpener | None = None) -> None:
-        """A slot per registered device still in service."""
+        """A slot per registered device still in service, of this service's room only (the
+        other rooms' devices are plugged into their own PCs)."""
         self._opener = opener
+        room = self.options.room
+        elsewhere: list[str] = []
         for row in self.store.devices():
-            self.add_slot(row)
+            if holds(room, row.room):
+                self.add_slot(row)
+            elif row.room is None:
+                elsewhere.append(row.name)
+        if elsewhere:
+            log.warning("registered without a room, so not held by room '%s': %s (only a "
+                        "service started without a room holds them)", room,
+                        ", ".join(elsewhere))
 
     def add_slot(self, row: DeviceRow) -> DeviceSlot:
         """Hold a registered device, with its pinned profile (a profile that cannot be used
@@ -99,8 +128,19 @@ class ServiceContext:
         self.watch = DeviceWatch(lambda: list(self.slots.values()))
         self.watch.start()
 
+    def claim_room(self) -> None:
+        """Take this room's row among the rooms (RoomError when another live service serves
+        the room); nothing to do without a room."""
+        if self.options.room is not None and self.heartbeat is None:
+            heartbeat = Heartbeat(self, self.options.room)
+            heartbeat.claim()
+            self.heartbeat = heartbeat
+
     def close(self) -> None:
-        """Stop watching, close every held port (sessions were stopped before)."""
+        """Stop watching, close every held port (sessions were stopped before), and leave
+        the rooms list."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.watch is not None:
             self.watch.stop()
         for slot in self.slots.values():

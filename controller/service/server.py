@@ -1,7 +1,9 @@
 """Running the clinic service: uvicorn on one event loop, the sessions on their own workers.
 
-Start: sessions a crash left open are marked interrupted (never resumed), a slot is made
-for every registered device and the device watch starts; `listening on http://HOST:PORT`
+Start: the service's room is claimed among the rooms sharing the database (refused when
+another live service serves it), sessions a crash left open are marked interrupted (never
+resumed), a slot is made for every registered device of the room and the device watch starts;
+the room's heartbeat starts with the server; `listening on http://HOST:PORT`
 is printed once requests are accepted. SIGTERM/SIGINT: no new session is accepted, every
 running output is stopped through the normal confirmed stop (posted at once, from the
 signal), the stops are recorded, then the server closes. A crash (-9, power) leaves each
@@ -60,7 +62,15 @@ class ClinicServer(uvicorn.Server):
             for server in self.servers:
                 for sock in server.sockets:
                     port = sock.getsockname()[1]
-            print(f"listening on {self.listen.scheme}://{self.listen.host}:{port}", flush=True)
+            url = f"{self.listen.scheme}://{self.listen.host}:{port}"
+            heartbeat = self.ctx.heartbeat
+            if heartbeat is not None:   # other rooms see this room from its first beat on
+                # Listening on every address: other rooms reach it by this PC's name.
+                host = socket.getfqdn() if self.listen.host in ("0.0.0.0", "::") \
+                    else self.listen.host
+                heartbeat.url = f"{self.listen.scheme}://{host}:{port}"
+                heartbeat.start()
+            print(f"listening on {url}", flush=True)
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -93,7 +103,9 @@ class ClinicServer(uvicorn.Server):
 
 
 def run_service(ctx: ServiceContext, listen: Listen, actor: str, warn_days: int) -> int:
-    """Serve until SIGTERM/SIGINT; every output stopped and recorded before returning."""
+    """Serve until SIGTERM/SIGINT; every output stopped and recorded before returning.
+    RoomError when another live service serves this room (nothing has been touched then)."""
+    ctx.claim_room()
     for row in ctx.store.mark_interrupted_sessions():
         print(f"note: session {row.id} was left open by a crash; marked interrupted "
               f"({row.delivered_s or 0:.1f} s delivered); nothing is resumed",

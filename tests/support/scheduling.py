@@ -28,6 +28,7 @@ ONE_WORKER_FILES = (
     "tests/test_service_sessions.py",
     "tests/test_service_slow_devices.py",
     "tests/test_console_*.py",           # a `modctl serve` and a browser for the module
+    "tests/test_rooms.py",               # three `modctl serve` on one PostgreSQL schema
 )
 
 

@@ -41,10 +41,10 @@ def add_users(store: RecordStore, **roles: str) -> None:
 
 
 def add_device(store: RecordStore, name: str, profile: str, port: str,
-               calibrated: bool = True) -> None:
+               calibrated: bool = True, room: str | None = None) -> None:
     loaded = resolve_profile(profile)
     store.add_device(name, profile, port, "test", profile_path=loaded.source_path,
-                     profile_sha256=loaded.sha256, port_real=os.path.realpath(port))
+                     profile_sha256=loaded.sha256, port_real=os.path.realpath(port), room=room)
     if calibrated:
         store.add_calibration(device=name, profile=profile, technician="tom",
                               instrument="reference", instrument_id="REF-1", before={},
@@ -102,7 +102,8 @@ class Client:
 class Service:
     proc: subprocess.Popen[str]
     base: str
-    db: Path
+    db: Path | str
+    """The records database: a file, or a PostgreSQL URL."""
     lines: list[str] = field(default_factory=list)
 
     def client(self) -> Client:
@@ -123,8 +124,9 @@ class Service:
                                  f"{signal.Signals(sig).name}:\n{said}") from None
 
 
-def start_service(db: Path, *args: str, env: Mapping[str, str] | None = None) -> Service:
-    """`modctl serve --port 0 --db DB`; returns once it prints its address."""
+def start_service(db: Path | str, *args: str, env: Mapping[str, str] | None = None) -> Service:
+    """`modctl serve --port 0 --db DB` (a file, or a PostgreSQL URL: never through `Path`,
+    which would fold its `//`); returns once it prints its address."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MODCTL_ROLES", None) if "MODCTL_ROLES" not in (env or {}) else None
     proc = subprocess.Popen(

@@ -61,6 +61,7 @@ PATIENTS = Page("patients.html", "Patient history")
 TECHNICIAN = Page("technician.html", "Devices", "technician",
                   "register, release and hold devices")
 ADMIN = Page("admin.html", "Accounts", "admin", "manage accounts")
+ROOMS = Page("rooms.html", "Rooms")
 
 
 def _context(request: Request) -> ServiceContext:
@@ -88,9 +89,12 @@ def _render(request: Request, page: Page, login: Login | None, *, status: int = 
     if account is not None and page.needs is not None and not may[page.needs]:
         refusal = (f"{account.name} is a {account.role}; only a {page.needs} (or an admin) "
                    f"may {page.doing}.")
+    ctx = _context(request)
     html = _templates.get_template(page.template).render(
         title=page.title, user=account, may=may, refusal=refusal, path=request.url.path,
-        insecure_http=_context(request).options.insecure_http, **(extra or {}))
+        insecure_http=ctx.options.insecure_http, room=ctx.options.room,
+        # The Rooms page is in the menu where there can be other rooms to see.
+        several_rooms=ctx.store.shared or ctx.options.room is not None, **(extra or {}))
     return _secure(HTMLResponse(html, status_code=status))
 
 
@@ -140,6 +144,11 @@ def patient_page(patient: str, request: Request) -> Response:
         return _render(request, PATIENTS, login, status=422,
                        extra={"patient": "", "problem": str(exc)})
     return _render(request, PATIENTS, login, extra={"patient": pid, "problem": ""})
+
+
+@router.get("/rooms")
+def rooms_page(request: Request) -> Response:
+    return _page(request, ROOMS)
 
 
 @router.get("/technician")
