@@ -56,12 +56,14 @@ def register(body: NewDevice, ctx: Ctx, login: Technician) -> dict[str, object]:
     try:
         link = DeviceLink.open(loaded.profile, body.port)
     except ProtocolError as exc:
-        raise ApiError(409, f"cannot open {body.port}: {exc}") from None
+        text = str(exc)  # the transport's sentence already names the port
+        raise ApiError(409, text if text.startswith("cannot open") else
+                       f"cannot open {body.port}: {text}") from None
     try:
         found = identify(link, idle_variables(loaded.profile)[0])
     except (ProtocolError, IdentityError) as exc:
-        raise ApiError(409, f"the device on {body.port} did not identify as a "
-                            f"{loaded.profile.model}: {exc}") from None
+        raise ApiError(409, f"the device on {body.port} did not identify as the "
+                            f"{loaded.profile.model} of the profile: {exc}") from None
     finally:
         link.close()
     try:
