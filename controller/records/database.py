@@ -243,8 +243,7 @@ class Database:
             return
         try:
             with self.guard(action), self._wlock:
-                conn = self._connect()
-                self.backend.begin_write(conn)
+                conn = self._begin(self.backend.begin_write)
                 committed = False
                 self._depth.n = 1
                 try:
@@ -268,6 +267,20 @@ class Database:
                 self.notify(exc)
             raise
 
+    def _begin(self, begin: Callable[[Connection], None]) -> Connection:
+        """This thread's connection with a transaction begun. A server connection lost
+        while idle (the server restarted) is noticed here, before anything was sent in the
+        transaction, so a new connection is made and the transaction begun again."""
+        conn = self._connect()
+        try:
+            begin(conn)
+        except self.backend.errors as exc:
+            if not (self.backend.unreachable(exc) and self.backend.broken(conn)):
+                raise
+            conn = self._connect()
+            begin(conn)
+        return conn
+
     @contextmanager
     def read(self, action: str) -> Iterator[Connection]:
         """One snapshot for several queries; never blocks the writer."""
@@ -276,8 +289,7 @@ class Database:
                 yield self._connect()
             return
         with self.guard(action):
-            conn = self._connect()
-            self.backend.begin_read(conn)
+            conn = self._begin(self.backend.begin_read)
             try:
                 yield conn
             finally:

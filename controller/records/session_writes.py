@@ -1,7 +1,9 @@
-"""A running session's writes (its identity, events, telemetry, close, and audit entries),
-done at once, or spooled locally while a shared database is out of reach
-(`controller.records.spool`). On the embedded SQLite file there is no spool: a write that fails
-is a records fault, as ever (docs/design.md §2.9)."""
+"""A running session's writes (its identity, events, telemetry, close, and audit entries).
+
+On the embedded SQLite file they are written at once, and a write that fails is a records
+fault (docs/design.md §2.9). On a shared PostgreSQL database they go through the local journal
+(`controller.records.spool`): fsynced locally before the call returns, written to the server by
+a writer thread, so a session never waits on the network and an outage never stops it."""
 
 from __future__ import annotations
 
@@ -72,35 +74,44 @@ class SessionWrites:
         """The entry's id, or 0 when it was spooled."""
         if detail and "rows" in detail:
             raise ValueError("audit detail key 'rows' is reserved for the records' row hashes")
-        return self._do("audit", {"actor": actor, "action": action, "subject": subject,
-                                  "detail": dict(detail or {})},
-                        lambda: self._db.audit(actor, action, subject, detail), 0)
+        return self._direct("audit", {"actor": actor, "action": action, "subject": subject,
+                                      "detail": dict(detail or {})},
+                            lambda: self._db.audit(actor, action, subject, detail), 0)
 
     def flush(self) -> None:
-        """Write buffered telemetry now, or spool it."""
-        if self.spool is not None and self.spool.active:
+        """Write buffered telemetry now (journal it, on a shared database)."""
+        if self.spool is not None:
             self._spool_samples()
             return
-        try:
-            self._samples.flush()
-        except RecordsError as exc:
-            if self.spool is None or not exc.unreachable:
-                raise
-            self._spool_samples(exc)
+        self._samples.flush()
+
+    def settle(self) -> None:
+        """Before a read of this store's own records: let its journal reach the database."""
+        if self.spool is not None:
+            self.spool.settle()
 
     def close(self) -> None:
-        """One last replay; what still waits stays on disk for the next store."""
+        """Let the journal reach the database; what cannot stays on disk for the next store."""
         if self.spool is not None:
-            if self.spool.active:
-                self.spool.replay()
             self.spool.close()
 
     # -- the spool -------------------------------------------------------------------------
 
     def _do(self, op: str, args: Mapping[str, Any], write: Callable[[], _T], default: _T) -> _T:
+        """On a shared database, journal the write (the writer thread applies it); on the
+        embedded file, write it now."""
+        if self.spool is None:
+            return write()
+        self._spool_samples()  # telemetry first: it was taken before this write
+        self.spool.put(op, args)
+        return default
+
+    def _direct(self, op: str, args: Mapping[str, Any], write: Callable[[], _T],
+                default: _T) -> _T:
+        """Write now (the caller wants the result), or journal it while the shared database
+        is out of reach."""
         spool = self.spool
         if spool is not None and spool.active:
-            self._spool_samples()  # telemetry first: it was taken before this write
             spool.put(op, args)
             return default
         try:
@@ -108,15 +119,14 @@ class SessionWrites:
         except RecordsError as exc:
             if spool is None or not exc.unreachable:
                 raise
-            self._spool_samples(exc)
-            spool.put(op, args, exc)
+            spool.put(op, args)
             return default
 
-    def _spool_samples(self, cause: RecordsError | None = None) -> None:
+    def _spool_samples(self) -> None:
         assert self.spool is not None
         batch = self._samples.take_pending()
         if batch:
-            self.spool.put("samples", {"rows": batch}, cause)
+            self.spool.put("samples", {"rows": batch})
 
     def _apply(self, op: str, args: Mapping[str, Any]) -> None:
         """Write one spooled entry (the spool's replay, inside its transaction)."""

@@ -1,15 +1,19 @@
-"""The local spool: a shared records database out of reach never stops a treatment, and never
-loses a record.
+"""The local journal of a shared database: a running session never waits on the network, a
+database out of reach never stops a treatment, and no record is lost.
 
-When a write of a running session (an event, telemetry, the device identity, the close, an
-audit entry) fails because the PostgreSQL server cannot be reached, the write is appended to a
-local write-ahead file instead, one JSON line per write, fsynced before the call returns: the
-session goes on to its planned end, recorded. From then on every such write goes to the spool,
-in order, and new sessions are refused (`SpoolActive`) while records cannot be written to the
-database. A replay thread tries the server every `RETRY_S`; when it answers, the entries are
-written in order, each in one transaction with its id in `spool_replayed`, so an entry is
-written exactly once even if the replay itself is cut short and done again. The chain is then
-verified and the replay audited (``records.spool_replayed``, with the spool file's SHA-256).
+On PostgreSQL the session's writes (its identity, events, telemetry, close) are first appended
+to a local file, one JSON line per write, fsynced before the call returns: recorded as it
+happens, at the cost of one local fsync, as on SQLite. A writer thread then applies them to the
+database in order, each in one transaction with its id in `spool_replayed`, so an entry is
+written exactly once however often it is tried (a commit whose answer was lost, a replay cut
+short, a spool adopted after a crash). The session worker never blocks on the server: a network
+cut that would hang a query for seconds (and let a 1 s device watchdog end the treatment) only
+delays the writer thread.
+
+When the server cannot be reached, the writer retries every `RETRY_S`; the session goes on to
+its planned end, recorded in the file, and new sessions are refused (`SpoolActive`) while the
+outage lasts. When the server is back, the backlog is written in order, the chain is verified,
+and the replay is audited (``records.spool_replayed``, with the count and the verification).
 
 An entry the database can no longer take (its session was marked interrupted by another room
 meanwhile) is not dropped: it is written whole into an audit entry ``records.spool_unreplayed``.
@@ -20,11 +24,11 @@ opens the same database from this PC, before it marks interrupted sessions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,8 +49,15 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 SPOOL_ENV = "MODCTL_SPOOL"
-# How often the replay thread asks the server whether it is back.
+# How often the writer asks a server out of reach whether it is back.
 RETRY_S = 2.0
+# Closing a store waits this long for the writer to catch up; what is left stays in the file
+# for the next store on this PC.
+CLOSE_WAIT_S = 10.0
+# A reader of this store's own records waits this long for its writes to reach the database.
+SETTLE_WAIT_S = 5.0
+# The file is emptied when everything in it is written and it has grown past this.
+TRUNCATE_BYTES = 1 << 20
 
 _log = logging.getLogger(__name__)
 
@@ -67,45 +78,46 @@ def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 class SpoolActive(RecordsError):
-    """Records go to the local spool: the database cannot be reached (new sessions wait)."""
+    """Records wait in the local spool: the database cannot be reached (new sessions wait)."""
 
 
 class Spool:
-    """One store's spool file and its replay."""
+    """One store's journal file and the thread that writes it to the database."""
 
     def __init__(self, db: Database, directory: Path, apply: Apply) -> None:
         self._db = db
         self._apply = apply
         self.directory = directory
         self.path = directory / f"{db.token}.jsonl"
-        self._lock = threading.Lock()
-        self._replaying = threading.Lock()
+        self._cond = threading.Condition()
         self._entries: list[dict[str, Any]] = []
         self._done = 0
+        self._outage: RecordsError | None = None
+        self._outage_entries = 0
         self._file: IO[str] | None = None
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stop = False
         self.replayed: list[dict[str, Any]] = []
-        """What each finished replay did (for logs and tests)."""
+        """What each replay after an outage did (for logs and tests)."""
 
     @property
     def active(self) -> bool:
-        with self._lock:
-            return len(self._entries) > self._done
+        """Whether the database is out of reach with writes waiting (new sessions wait)."""
+        with self._cond:
+            return self._outage is not None and self._done < len(self._entries)
 
     def waiting(self) -> int:
-        with self._lock:
+        with self._cond:
             return len(self._entries) - self._done
 
     # -- writing ---------------------------------------------------------------------------
 
-    def put(self, op: str, args: Mapping[str, Any], cause: RecordsError | None = None) -> None:
-        """Append one write, durable on return; starts the replay thread. Raises RecordsError
-        (not `unreachable`: a records fault) when the local file cannot be written."""
+    def put(self, op: str, args: Mapping[str, Any]) -> None:
+        """Append one write, durable on return, for the writer thread. Raises RecordsError
+        (a records fault: nothing may run unrecorded) when the local file cannot be written."""
         entry = {"id": uuid.uuid4().hex, "op": op, "at": now_iso(), "args": dict(args)}
         line = integrity.dumps(entry) + "\n"
-        with self._lock:
-            first = len(self._entries) == self._done
+        with self._cond:
             try:
                 if self._file is None:
                     self.directory.mkdir(parents=True, exist_ok=True)
@@ -117,68 +129,83 @@ class Spool:
                 self._file.flush()
                 os.fsync(self._file.fileno())
             except OSError as exc:
-                error = RecordsError(self._db.path, f"cannot write the local spool {self.path} "
-                                                    f"while the database is out of reach: "
+                error = RecordsError(self._db.path, f"cannot write the local spool {self.path}: "
                                                     f"{exc.strerror or exc}")
                 self._db.notify(error)
                 raise error from exc
             self._entries.append(entry)
-        if first:
-            _log.warning("records database %s out of reach (%s): records go to the local "
-                         "spool %s until it is back", self._db.path,
-                         cause or "no answer", self.path)
-        self._start()
+            self._cond.notify_all()
+            self._ensure_writer()
 
-    def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="records-spool",
+    def _ensure_writer(self) -> None:
+        """Start the writer thread once (under `_cond`)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="records-writer",
                                             daemon=True)
             self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(RETRY_S):
-            if self.replay():
-                return
+    def settle(self, timeout: float = SETTLE_WAIT_S) -> None:
+        """Wait until everything put so far is in the database (not during an outage)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._done < len(self._entries) and self._outage is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
 
-    # -- replay ----------------------------------------------------------------------------
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._done == len(self._entries) and not self._stop:
+                    self._cond.wait()
+                if self._stop and self._done == len(self._entries):
+                    return
+            if not self.replay():
+                with self._cond:  # out of reach: try again later (or stop)
+                    if self._cond.wait_for(lambda: self._stop, RETRY_S):
+                        return
 
     def replay(self) -> bool:
-        """Write what waits, in order; True when the spool is empty. Never raises: a server
-        still out of reach leaves the rest for the next try. One replay at a time."""
-        with self._replaying:
-            return self._replay()
-
-    def _replay(self) -> bool:
-        count = 0
+        """Write what waits, in order; True when nothing waits. Never raises: a server out of
+        reach leaves the rest for the next try. One thread at a time."""
         while True:
-            with self._lock:
+            with self._cond:
                 if self._done == len(self._entries):
                     break
                 entry = self._entries[self._done]
             try:
-                self._replay_one(entry)
+                self._write(entry)
             except RecordsError as exc:
                 if exc.unreachable:
+                    self._out_of_reach(exc)
                     return False
                 self._unreplayable(entry, exc)
-            with self._lock:
+            with self._cond:
                 self._done += 1
-            count += 1
-        if count:
-            self._finished(count)
+                if self._outage is not None:
+                    self._outage_entries += 1
+                self._cond.notify_all()
+        self._caught_up()
         return True
 
-    def _replay_one(self, entry: Mapping[str, Any]) -> None:
-        reclaim = getattr(self._db.backend, "reclaim", None)
-        if reclaim is not None:
-            with self._db.guard("hold its owner lock again"):
-                reclaim()  # the lost connection took the owner lock with it
-        with self._db.write("replay the spooled records") as conn:
+    def _write(self, entry: Mapping[str, Any]) -> None:
+        with self._db.write("write the spooled records") as conn:
             new = conn.execute("INSERT INTO spool_replayed VALUES (?, ?) ON CONFLICT DO NOTHING"
                                " RETURNING entry", (entry["id"], now_iso())).fetchone()
             if new is not None:
                 self._apply(str(entry["op"]), entry["args"])
+
+    def _out_of_reach(self, exc: RecordsError) -> None:
+        with self._cond:
+            first = self._outage is None
+            self._outage = exc
+            self._cond.notify_all()  # readers waiting in `settle` give up
+        if first:
+            _log.warning("%s; the session's records are kept in the local spool %s and "
+                         "written when it is back", exc, self.path)
 
     def _unreplayable(self, entry: Mapping[str, Any], exc: RecordsError) -> None:
         _log.error("spooled record %s could not be written (%s): kept whole in the audit "
@@ -190,46 +217,61 @@ class Spool:
         except RecordsError as again:  # pragma: no cover - the file keeps it
             _log.error("and it could not be audited (%s); it stays in %s", again, self.path)
 
-    def _finished(self, count: int) -> None:
-        with self._lock:
-            if self._done != len(self._entries):
-                return
-            text = self.path.read_bytes() if self.path.exists() else b""
-            digest = hashlib.sha256(text).hexdigest()
+    def _caught_up(self) -> None:
+        """Everything is written: after an outage, verify and audit the replay; empty a
+        grown file."""
+        with self._cond:
+            outage, count = self._outage, self._outage_entries
+        if outage is not None:
             try:
                 verified = self._db.verify_chain()
                 with self._db.write("audit the spool replay") as conn:
                     append_audit(conn, SYSTEM_ACTOR, "records.spool_replayed", self.path.name,
-                                 {"entries": count, "sha256": digest, "verified": verified})
-            except RecordsError as exc:  # the entries are in; the next write will tell
+                                 {"entries": count, "verified": verified})
+            except RecordsError as exc:
+                if exc.unreachable:  # gone again: the next round says it
+                    return
                 _log.error("spool replayed, but its audit entry failed: %s", exc)
-                return
-            self._close_file(remove=True)
-            self._entries, self._done = [], 0
-        self.replayed.append({"entries": count, "sha256": digest, "verified": verified})
-        _log.warning("records database %s is back: %d spooled record(s) written and the "
-                     "audit chain %s", self._db.path, count,
-                     "verified" if verified else "FAILED verification")
-
-    def _close_file(self, *, remove: bool) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if remove:
-            self.path.unlink(missing_ok=True)
+                verified = False
+            self.replayed.append({"entries": count, "verified": verified})
+            _log.warning("records database %s is back: %d spooled record(s) written and the "
+                         "audit chain %s", self._db.path, count,
+                         "verified" if verified else "FAILED verification")
+        with self._cond:
+            self._outage, self._outage_entries = None, 0
+            if self._done == len(self._entries):
+                self._entries, self._done = [], 0
+                if self._file is not None and self._file.tell() > TRUNCATE_BYTES:
+                    self._file.truncate(0)
+                    self._file.seek(0)
+            self._cond.notify_all()
 
     def close(self) -> None:
-        """Stop the replay thread; a spool still waiting stays on disk for the next store."""
-        self._stop.set()
+        """Let the writer catch up (up to `CLOSE_WAIT_S`), then stop it. What still waits
+        stays in the file for the next store on this PC; an empty file is removed."""
+        self.settle(CLOSE_WAIT_S)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(RETRY_S + 5)
-        with self._lock:
-            self._close_file(remove=False)
+        with self._cond:
+            left = len(self._entries) - self._done
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+                if not left:
+                    self.path.unlink(missing_ok=True)
+        if left:
+            _log.error("%d record(s) could not be written to %s yet: they stay in %s and are "
+                       "written by the next modctl that opens it on this PC", left,
+                       self._db.path, self.path)
 
     # -- spools left by processes that died ------------------------------------------------
 
     def adopt_orphans(self) -> int:
-        """Replay every spool in the directory whose process is gone; the number replayed."""
+        """Write every spool in the directory whose process is gone (entries already written
+        are skipped by their ids); the number of entries taken over."""
         if not self.directory.is_dir():
             return 0
         adopted = 0
@@ -241,13 +283,16 @@ class Spool:
                     try:
                         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
-                        continue  # its process still runs and replays it itself
+                        continue  # its process still runs and writes it itself
                 entries = _entries(handle.read(), path)
-            with self._lock:
+            with self._cond:
                 self._entries.extend(entries)
             if self.replay():
                 path.unlink(missing_ok=True)
                 adopted += len(entries)
+        with self._cond:
+            if self._done < len(self._entries):  # the server is out of reach: keep trying
+                self._ensure_writer()
         return adopted
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from controller.records import integrity
 from controller.records.booking_table import BookingTable
@@ -76,12 +76,10 @@ __all__ = [
     "BUSY_TIMEOUT_S", "DB_ENV", "DB_FILENAME", "EVENT_KINDS", "GENESIS_HASH", "MIGRATIONS",
     "SCHEMA_VERSION", "SYSTEM_ACTOR", "EventRow", "ExportFormat", "FailureListener",
     "NoteError", "NoteRow", "RecordStore", "RecordsError", "SampleRow", "SessionRow",
-    "VerifyResult",
-    "default_db_path", "new_session_id",
+    "VerifyResult", "default_db_path", "new_session_id",
 ]
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 class RecordStore:
@@ -238,6 +236,7 @@ class RecordStore:
     def get_samples(self, session_id: str) -> list[SampleRow]:
         """A session's telemetry in time order (this store's buffered samples included)."""
         self.flush()
+        self._writes.settle()
         return self._samples.samples(session_id)
 
     # -- audit trail -----------------------------------------------------------------------
@@ -255,6 +254,7 @@ class RecordStore:
         a different head fails (a chain rewritten or cut since). Telemetry still buffered in
         this store is written first."""
         self.flush()
+        self._writes.settle()
         with self._db.read("read the audit trail") as conn:
             return integrity.verify(conn, expect_head)
 
@@ -263,19 +263,23 @@ class RecordStore:
     def list_sessions(self, limit: int | None = 50, patient: str | None = None,
                       profile: str | None = None) -> list[SessionRow]:
         """Newest first, without events; `limit=None` lists them all."""
+        self._writes.settle()
         return self._sessions.newest_first(limit, patient, profile)
 
     def get_session(self, session_id: str) -> SessionRow | None:
         """One session with its events; a unique prefix of the id is enough."""
+        self._writes.settle()
         return self._sessions.get(session_id)
 
     def export(self, fmt: ExportFormat, patient: str | None = None) -> str:
         """All sessions (oldest first): JSON with events, or CSV one row per session."""
+        self._writes.settle()
         return export_sessions(self._sessions.oldest_first(patient), fmt)
 
     def sessions_oldest_first(self, patient: str | None = None) -> list[SessionRow]:
         """Every session (of one patient, unless None) with its events, oldest first, read in
         one snapshot (for exports)."""
+        self._writes.settle()
         return self._sessions.oldest_first(patient)
 
     # -- clinical notes (NoteTable) --------------------------------------------------------
@@ -375,7 +379,6 @@ class RecordStore:
 
     def calibration_status(self, device: str, at: datetime) -> CalibrationStatus:
         return self._calibrations.calibration_status(device, at)
-
 
     # -- service accounts (UserTable; the rules are controller.service.accounts) -----------
 
