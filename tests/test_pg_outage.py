@@ -20,10 +20,14 @@ from controller.records.store import RecordStore
 from tests.conftest import SimFactory
 from tests.session_helpers import history
 from tests.support.pg_server import PrivatePostgres
+from tests.support.tcp_proxy import FreezingProxy
 
 # The spool retries every RETRY_S; a replay must be done within a few of them.
 REPLAY_WAIT_S = 10.0
 SESSION_S = 4.0
+# A session write while the network is quiet: a local fsync, never a network wait (the ES-4's
+# watchdog is 1 s; its poll loop must never stall near that).
+QUIET_NETWORK_WRITE_S = 0.2
 
 
 @pytest.fixture
@@ -180,3 +184,31 @@ def test_after_a_restart_the_store_holds_its_owner_lock_again(
             assert other.mark_interrupted_sessions() == []
         store.close_session(sid, "completed", "end", "controller", 1.0, None)
         assert store.verify_audit().ok
+
+
+def test_a_session_never_waits_on_a_network_gone_quiet(
+        server: PrivatePostgres, tmp_path: Path) -> None:
+    """The network to the server goes quiet (nothing refused, nothing answered: a query
+    would hang until TCP gives up). The session's writes still return at local-disk speed:
+    far inside the ES-4's 1 s watchdog, which a blocked poll loop would let run out."""
+    proxy = FreezingProxy(("127.0.0.1", server.port))
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    try:
+        with RecordStore(url, spool_dir=tmp_path / "spool") as store:
+            sid = open_one(store)
+            proxy.frozen.set()
+            slowest = 0.0
+            for i in range(20):
+                began = time.monotonic()
+                store.add_event(sid, "state", {"i": i}, t_s=i * 0.05)
+                store.add_sample(sid, {"elapsed_s": i * 0.05}, t_s=i * 0.05)
+                slowest = max(slowest, time.monotonic() - began)
+            store.close_session(sid, "completed", "end", "controller", 1.0, None)
+            assert slowest < QUIET_NETWORK_WRITE_S, f"a write waited {slowest:.3f} s"
+            proxy.frozen.clear()
+            wait_replayed(store)
+            row = store.get_session(sid)
+            assert row is not None and row.status == "closed" and len(row.events) == 20
+            assert store.verify_audit().ok
+    finally:
+        proxy.close()
