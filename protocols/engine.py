@@ -53,13 +53,15 @@ def gave_up(last: ProtocolError, device: str, port: str, attempts: int,
     DEBUG log only."""
     tries = f"after {attempts} attempt{'s' if attempts != 1 else ''} " \
             f"(timeout {timeout_text(timeout_s)} each)"
+    # What was asked, for whoever reads the log next to the device's manual.
+    asked = f", asking for {entry}" if entry else ""
     if isinstance(last, LinkTimeout):
-        return f"no reply from {device} on {port} {tries}"
+        return f"no reply from {device} on {port} {tries}{asked}"
     what = "garbled (bad checksum or cut short)" if isinstance(last, CorruptReply) else \
         "not answers to what was asked"
     detail = _in_words(str(last), entry)
-    return f"no valid reply from {device} on {port} {tries}: the replies were {what}" + \
-        (f"; the last: {detail}" if detail else "")
+    return f"no valid reply from {device} on {port} {tries}{asked}: the replies were " \
+        f"{what}" + (f"; the last: {detail}" if detail else "")
 
 
 def _in_words(message: str, entry: str) -> str:

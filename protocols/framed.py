@@ -237,7 +237,7 @@ class FramedEngine:
         frame = encode_frame(self._map.sync, seq, ping.code, b"")
         for attempt in range(self._retries + 1):
             if attempt:
-                self._gate(cmd.name, self._gave_up(attempt))
+                self._gate(cmd.name, self._gave_up(attempt, cmd.name))
             self._transport.write(frame)
             reply = self._await_reply(seq, time.monotonic() + self._timeout)
             if reply is not None:
@@ -249,7 +249,7 @@ class FramedEngine:
                       ping.name, seq, attempt + 1)
         log.debug("%s: no reply to the opening %s (seq %d) after %d attempts; giving up",
                   cmd.name, ping.name, seq, self._retries + 1)
-        raise self._gave_up(self._retries + 1)
+        raise self._gave_up(self._retries + 1, cmd.name)
 
     def _exchange(self, cmd: _Command, payload: bytes) -> dict[str, Scalar]:
         if not self._synced:
@@ -273,9 +273,9 @@ class FramedEngine:
                 if retries_left == 0:
                     log.debug("%s: no reply to seq %d after %d attempts; giving up",
                               cmd.name, seq, self._retries + 1)
-                    raise self._gave_up(self._retries + 1)
+                    raise self._gave_up(self._retries + 1, cmd.name)
                 retries_left -= 1
-                failed = self._gave_up(self._retries - retries_left)
+                failed = self._gave_up(self._retries - retries_left, cmd.name)
                 log.debug("%s: no reply to seq %d, sending the same frame again", cmd.name, seq)
                 continue
             if reply.cmd != cmd.reply_code:
@@ -344,10 +344,10 @@ class FramedEngine:
                                     f"map says {cmd.reply.size} (status and fields)")
         return cmd.reply.decode(payload)
 
-    def _gave_up(self, attempts: int) -> LinkTimeout:
+    def _gave_up(self, attempts: int, entry: str) -> LinkTimeout:
         """Silence after `attempts` attempts, in the caller's one sentence."""
         return LinkTimeout(gave_up(LinkTimeout(), self.device, self._transport.port_name,
-                                   attempts, self._timeout))
+                                   attempts, self._timeout, entry))
 
     # -- events ----------------------------------------------------------------------
     def _unsolicited(self, frame: Frame) -> None:

@@ -216,7 +216,7 @@ def test_readme_commands_work_in_a_fresh_clone(clones: tuple[Path, Path]) -> Non
     assert len(completed) == DEMO_SESSIONS, (
         f"{main_job!r} reported {len(completed)} completed sessions, expected "
         f"{DEMO_SESSIONS}:\n{main_out[-OUTPUT_TAIL:]}")
-    assert "audit trail intact" in main_out, main_out[-OUTPUT_TAIL:]
+    assert "audit trail of the records: intact" in main_out, main_out[-OUTPUT_TAIL:]
     check_bare_modctl_lists_the_commands(main_clone / ".venv" / "bin" / "modctl")
 
     assert status == 0, f"{command!r} exited {status}:\n{out[-OUTPUT_TAIL:]}"

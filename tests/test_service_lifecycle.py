@@ -55,6 +55,13 @@ def test_sigterm_stops_every_output_and_records_it(tmp_path: Path) -> None:
             assert row.operator == "alice"
 
 
+def start_recorded(db: Path, sid: str) -> bool:
+    with RecordStore(db, create=False) as store:
+        row = store.get_session(sid)
+    return row is not None and any(e.kind == "command" and e.detail.get("op") == "start"
+                                   for e in row.events)
+
+
 def test_a_killed_service_leaves_the_watchdog_to_stop_and_is_marked_on_restart(
         tmp_path: Path) -> None:
     room = open_room(tmp_path, "hc-200")
@@ -64,6 +71,8 @@ def test_a_killed_service_leaves_the_watchdog_to_stop_and_is_marked_on_restart(
                                                  "settings": SETTINGS["heat-1"]})["id"]
         assert wait_for(lambda: room.output_on("heat-1"), 2), \
             alice.ok("GET", f"/api/sessions/{sid}")
+        # Killed once the start is on record (the device may be on a few ms before that).
+        assert wait_for(lambda: start_recorded(room.db, sid), 2)
         room.service.proc.kill()
         room.service.proc.wait(10)
         # Nobody polls now: the device's own watchdog (2 s in the HC-200 profile) stops it.
