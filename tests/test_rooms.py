@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,11 @@ def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
                                          bob_b.ok("GET", "/api/rooms")["rooms"]}, 10)
         services["C"].proc.kill()
         services["C"].proc.wait(10)
+        # Dead, it writes no more: its last heartbeat is moved back past ROOM_STALE_S, as if
+        # that much time had passed, instead of the tests waiting it out.
+        long_ago = datetime.now(UTC) - timedelta(seconds=ROOM_STALE_S + HEARTBEAT_S)
+        admin.execute(f"UPDATE {schema}.rooms SET heartbeat_at = %s WHERE name = 'C'",  # type: ignore[attr-defined]
+                      (long_ago.isoformat(timespec="milliseconds"),))
         yield Clinic(url, sims, services, c_seen, tmp)
     finally:
         for service in services.values():

@@ -4,7 +4,7 @@ Tests go to the workers one by one, as workers free up, except the files matchin
 `ONE_WORKER_FILES`: each of those goes to one worker as a unit. They are the files whose
 module fixture does the whole file's work at once (the fault matrix runs every case side by
 side) or starts something slow that all its tests share (a `modctl serve` process, a
-browser); split over two workers, each worker would repeat that work. Units run largest
+browser); split over several workers, each worker would repeat that work. Units run largest
 first, so these start early and the one-by-one tests even out the end.
 
 The file list stands in for `@pytest.mark.xdist_group`: with pytest 9.2 and xdist 3.8 the
