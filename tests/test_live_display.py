@@ -130,7 +130,7 @@ def test_summary_in_sentences_with_clinical_numbers() -> None:
     lines = summary_lines(report("fault", confirmed=False), with_reason=False)
     assert lines[0] == "session 01ABC: fault - stopped by a fault"
     assert "the device did NOT confirm its output off" in lines[1]
-    assert "thermal dose (CEM43) < 0.01 min" in lines[2]
+    assert "thermal dose (CEM43) < 0.001 min" in lines[2]
     assert "highest pad temperature 40.12 °C" in lines[2]
     text = "\n".join(lines)
     for python in ("None", "True", "False", "e-08"):
@@ -138,8 +138,9 @@ def test_summary_in_sentences_with_clinical_numbers() -> None:
 
 
 @pytest.mark.parametrize("key, value, shown", [
-    ("cem43_min", 4.24e-08, "< 0.01"), ("cem43_min", 0.5234, "0.52"), ("cem43_min", 123.4, "120"),
-    ("cem43_min", 0.0, "0"), ("energy_j", 2249.96, "2250.0"), ("energy_j", 9.04, "9.0"),
+    ("cem43_min", 4.24e-08, "< 0.001"), ("cem43_min", 0.5234, "0.52"),
+    ("cem43_min", 123.4, "120"), ("cem43_min", 0.0, "0"), ("energy_j", 2249.96, "2250"),
+    ("energy_j", 9.04, "9"), ("energy_density_j_cm2", 1.84, "1.8"),
 ])
 def test_clinical_rounding(key: str, value: float, shown: str) -> None:
     assert clinical_figure(key, value) == shown

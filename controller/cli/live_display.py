@@ -28,7 +28,7 @@ from controller.records.clinical import (
     unit_for,
     with_unit,
 )
-from controller.records.dose_text import ENERGY_DENSITY_KEY, dose_lines
+from controller.records.dose_text import DECIMALS, SMALLEST_SHOWN, clinical_number, dose_lines
 from controller.records.history import format_number, number
 from controller.session.report import SessionReport, Snapshot
 
@@ -43,12 +43,6 @@ EXTRA_QUANTITY = {"ultrasound": ("power_w", "power")}
 # Per therapy (records.clinical.therapy_kind): the dose figure shown while it runs.
 DOSE_SO_FAR = {"heat": "cem43_min", "ultrasound": "energy_j",
                "tens": "max_charge_per_phase_uc"}
-# Clinical rounding: CEM43 minutes to 2 significant figures (below SMALLEST_CEM43 it is
-# nil for any clinical purpose), energy in J to one decimal.
-CEM43_DIGITS = 2
-SMALLEST_CEM43 = 0.01
-ENERGY_DECIMALS = 1
-ENERGY_DENSITY_DECIMALS = 2   # J/cm²: a tenth of a J over a 5 cm² head is 0.02
 STOP_HINT = "Ctrl-C stop · Ctrl-\\ e-stop"
 # What the session is doing or waiting for, by state (the others are shown as they are).
 STATE_WORDS = {
@@ -90,21 +84,17 @@ def _unicode_ok(stream: TextIO) -> bool:
 
 
 def clinical_figure(key: str, value: float) -> str:
-    """A dose figure as a clinician reads it: CEM43 minutes to 2 significant figures,
-    J to 1 decimal (J/cm² to 2), the rest to 4 significant figures
-    (records.history.format_number)."""
+    """A dose figure as a clinician reads it, by the same rules as the session report
+    (`records.dose_text`): CEM43 minutes to 2 significant figures ("< 0.001" for the
+    vanishing doses of a few seconds near body temperature), J to 1 decimal, the rest to 4
+    significant figures."""
     if key.startswith("cem43"):
-        if value == 0:
-            return "0"
-        if abs(value) < SMALLEST_CEM43:
-            return f"< {SMALLEST_CEM43:g}"
-        digits = CEM43_DIGITS - 1 - math.floor(math.log10(abs(value)))
-        return format_number(round(value, digits))
-    if unit_for(key) == "J":
-        return f"{value:.{ENERGY_DECIMALS}f}"
-    if key == ENERGY_DENSITY_KEY:
-        return f"{value:.{ENERGY_DENSITY_DECIMALS}f}"
-    return format_number(value)
+        if 0 < abs(value) < SMALLEST_SHOWN:
+            return f"< {SMALLEST_SHOWN:g}"
+        return clinical_number("cem43_min", value)
+    if unit_for(key) == "J" and key not in DECIMALS:
+        return clinical_number("energy_j", value)
+    return clinical_number(key, value)
 
 
 def dose_text(prescription: Mapping[str, Any] | None, dose: Mapping[str, Any] | None) -> str:
