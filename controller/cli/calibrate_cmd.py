@@ -1,7 +1,8 @@
 """`modctl calibrate PROFILE|DEVICE [--port PORT] [--readings FILE] ...` and
 `modctl calibrate history DEVICE`.
 
-Exit status: 0 the calibration passed; 2 usage error; 3 refused before anything changed
+Exit status: 0 the calibration passed; 1 no such profile (or, for history, device); 2 usage
+error; 3 refused before anything changed
 (role, readings file, device busy or not the profile's model, records database unusable);
 4 abandoned by the technician; 5 the verification failed, or a fault ended the procedure, or
 it could not be recorded.
@@ -45,6 +46,7 @@ from controller.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_STOPPED,
+    NotFound,
     UsageError,
     error,
 )
@@ -73,7 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
               "       %(prog)s history DEVICE [--db PATH]",
         description="Run the technician calibration procedure of the device's modality (the "
                     "technician role is needed), or show a device's calibration history with "
-                    "'modctl calibrate history DEVICE'. Exit status: 0 passed, 2 usage error, "
+                    "'modctl calibrate history DEVICE'. Exit status: 0 passed, 1 no such profile "
+                    "or device (history), 2 usage error, "
                     "3 refused before anything changed, 4 abandoned by the technician, "
                     "5 verification failed or a fault ended it.",
         epilog="See docs/calibration.md for each modality's procedure and readings files.")
@@ -244,7 +247,8 @@ def _load(ref: str) -> Profile:
     try:
         return resolve_profile(ref).profile
     except ProfileError as exc:
-        raise UsageError(f"profile {ref}: " + "; ".join(exc.problems)) from None
+        # Not found or not a valid profile: status 1, as every command (docs/cli.md).
+        raise NotFound(f"profile {ref}: " + "; ".join(exc.problems)) from None
 
 
 def _channels(profile: Profile, channel: int | None) -> list[int | None]:

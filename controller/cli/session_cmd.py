@@ -9,7 +9,14 @@ import sys
 from contextlib import suppress
 from types import FrameType
 
-from controller.cli.common import EXIT_REJECTED, EXIT_USAGE, UsageError, error, patient_option
+from controller.cli.common import (
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    NotFound,
+    UsageError,
+    error,
+    patient_option,
+)
 from controller.cli.live_display import LiveDisplay, SessionFacts, summary_lines
 from controller.clinic.roles import RoleRefused, RolesConfig, RolesError, load_roles
 from controller.modality.prescription import (
@@ -41,10 +48,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "run", help="run one timed session (blocks until it ends)",
         description="Run one timed session. Ctrl-C or SIGTERM stops it in a controlled "
                     "way; a second Ctrl-C or Ctrl-\\ is an emergency stop. Exit status: 0 "
-                    "completed, 2 usage error (a --patient that is not a pseudonymous id "
-                    "included), 3 rejected before any output (a limit, the calibration gate, "
-                    "the patient's minimum interval), 4 stopped by the operator or the "
-                    "patient, 5 ended by a fault or interlock.")
+                    "completed, 1 no such profile (or not a valid one), 2 usage error (a "
+                    "--patient that is not a pseudonymous id included), 3 rejected before "
+                    "any output (a limit, the calibration gate, the patient's minimum "
+                    "interval), 4 stopped by the operator or the patient, 5 ended by a fault "
+                    "or interlock.")
     run.add_argument("profile", metavar="PROFILE", help="shipped profile id or YAML path")
     run.add_argument("--port", required=True, metavar="PORT",
                      help="device path (/dev/ttyUSB0, /dev/pts/5) or pyserial URL")
@@ -75,7 +83,8 @@ def load_for_session(ref: str) -> Profile:
     try:
         return resolve_profile(ref).profile
     except ProfileError as exc:
-        raise UsageError(f"profile {ref}: " + "; ".join(exc.problems)) from None
+        # Not found or not a valid profile: status 1, as every command (docs/cli.md).
+        raise NotFound(f"profile {ref}: " + "; ".join(exc.problems)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
