@@ -60,8 +60,14 @@ def page(console: Console, alice: Any) -> Any:
     return alice
 
 
+def ready(page: Any) -> None:
+    """The start page has loaded its devices, bookings and plans (start.js sets it last)."""
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+
+
 def fill_by_hand(page: Any, base: str, temperature: str, patient: str) -> None:
     page.goto(base + "/start#hand")
+    ready(page)
     form = page.get_by_role("region", name="By hand")
     form.get_by_role("combobox", name="Device").select_option("heat-1")
     expect(form.get_by_text("allowed 5 – 45 °C · step 0.1 · default 40 °C")).to_be_visible()
@@ -144,6 +150,7 @@ def test_from_a_booking_with_one_click_and_the_patient_confirmed(
             patient="P-0200", starts_at=datetime.now(UTC), duration_s=60.0,
             actor="frontdesk", min_interval_s=0)
     page.goto(console.base + "/start")
+    ready(page)
     row = page.get_by_role("row").filter(has_text="P-0200")
     expect(row).to_contain_text("Ultrasound · 1.5 W/cm² · 20 %")
     row.get_by_role("button", name=f"Start booking {booking.id} for P-0200").click()
@@ -159,6 +166,7 @@ def test_from_a_booking_with_one_click_and_the_patient_confirmed(
 
 def test_from_a_plan_with_a_device_per_role(console: Console, page: Any) -> None:
     page.goto(console.base + "/start#plan")
+    ready(page)
     form = page.get_by_role("region", name="From a plan")
     form.get_by_role("combobox", name="Plan").select_option("quick")
     expect(form.get_by_role("combobox", name="Device for heat (HC-200)")).to_have_value("heat-1")
