@@ -12,7 +12,7 @@ import importlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,8 +21,8 @@ import pytest
 from controller.cli import main as cli_main
 from controller.clinic import roles
 from controller.records.store import RecordStore
+from tests.support.cli import Run, in_process
 
-Run = Callable[..., tuple[int, str, str]]
 # Stacks the fast commands must not import: validation models, the scheduler, the web
 # service, the session state machine, the profile model (which brings pydantic).
 HEAVY = ("pydantic", "apscheduler", "fastapi", "transitions", "controller.profiles.model",
@@ -40,14 +40,7 @@ print("IMPORTED " + json.dumps(sorted(m for m in {heavy} if m in sys.modules)))
 
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    def _run(*argv: str) -> tuple[int, str, str]:
-        try:
-            status = cli_main.main(list(argv))
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return status, out, err
-    return _run
+    return in_process(capsys)
 
 
 @pytest.fixture

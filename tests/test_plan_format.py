@@ -28,6 +28,7 @@ from controller.plans.plan import (
 )
 from controller.profiles.loader import shipped_profile_paths
 from controller.profiles.yaml_source import SourceError
+from tests.support.cli import in_process
 
 GOOD = """\
 plan_format: 1
@@ -215,14 +216,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     if plan_cmd not in cli_main.COMMAND_MODULES:
         monkeypatch.setattr(cli_main, "COMMAND_MODULES", (*cli_main.COMMAND_MODULES, plan_cmd))
 
-    def _run(*argv: str) -> tuple[int, str, str]:
-        try:
-            status = cli_main.main(list(argv))
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return status, out, err
-    return _run
+    return in_process(capsys)
 
 
 def test_the_base_plan_is_valid(tmp_path: Path) -> None:

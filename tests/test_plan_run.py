@@ -31,6 +31,7 @@ from controller.session.service import SessionStarter
 from simulator.server import SimulatedDevice
 from tests.conftest import SimFactory
 from tests.session_helpers import history
+from tests.support.cli import in_process
 
 # Steps at the shortest duration every model accepts (1 s): the plans' logic, not the
 # treatments, is under test (the ES-4's 1 s ramp takes its whole step).
@@ -423,14 +424,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv(roles.ROLES_ENV, raising=False)
     monkeypatch.setattr(roles, "DEFAULT_ROLES_PATH", tmp_path / "no-roles.yaml")
 
-    def _run(*argv: str) -> tuple[int, str, str]:
-        try:
-            status = cli_main.main(list(argv))
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return status, out, err
-    return _run
+    return in_process(capsys)
 
 
 def device_args(devices: dict[str, SimulatedDevice]) -> list[str]:
