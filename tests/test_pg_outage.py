@@ -123,7 +123,7 @@ def test_a_spool_left_by_a_process_that_died_is_replayed_by_the_next_store(
         assert row is not None and row.status == "closed"
         assert [e.kind for e in row.events] == ["state"]
         assert second.verify_audit().ok
-    assert list(spool_dir.glob("*.jsonl")) == []
+    assert list(spool_dir.rglob("*.jsonl")) == []
 
 
 @pytest.mark.parametrize("back", ["during", "after"])
@@ -155,7 +155,7 @@ def test_a_real_session_runs_to_its_end_through_an_outage(
     assert (proc.returncode, report["outcome"]) == (0, "completed"), err
     assert [c.on for c in history(device)] == [True, False]  # stopped once, by the controller
     if back == "after":
-        assert list((tmp_path / "spool").glob("*.jsonl")), "nothing was kept in the spool"
+        assert list((tmp_path / "spool").rglob("*.jsonl")), "nothing was kept in the spool"
         server.start()
     with RecordStore(server.url, spool_dir=tmp_path / "spool") as store:
         row = store.get_session(report["session_id"])
@@ -165,7 +165,7 @@ def test_a_real_session_runs_to_its_end_through_an_outage(
             [(e["kind"], e["detail"]) for e in report["events"]]
         assert store.get_samples(row.id), "no telemetry"
         assert store.verify_audit().ok
-    assert list((tmp_path / "spool").glob("*.jsonl")) == []
+    assert list((tmp_path / "spool").rglob("*.jsonl")) == []
 
 
 def test_after_a_restart_the_store_holds_its_owner_lock_again(
@@ -212,3 +212,58 @@ def test_a_session_never_waits_on_a_network_gone_quiet(
             assert store.verify_audit().ok
     finally:
         proxy.close()
+
+
+def test_a_server_that_refuses_writes_keeps_them_waiting_and_never_faults_the_session(
+        server: PrivatePostgres, tmp_path: Path) -> None:
+    """Read-only (as after a failover to a standby): the journal's writes are refused without
+    a disconnect. Nothing is dropped, no running session is told of a records failure, and
+    everything is written once the server takes writes again."""
+    import psycopg
+    heard: list[str] = []
+    with RecordStore(server.url, spool_dir=tmp_path / "spool") as store:
+        store.add_failure_listener(lambda e: heard.append(str(e)))
+        sid = open_one(store)
+        with psycopg.connect(server.url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            admin.execute("SELECT pg_reload_conf()")
+            try:
+                for i in range(3):
+                    store.add_event(sid, "state", {"i": i}, t_s=0.1 * i)
+                spool = store._writes.spool
+                assert spool is not None
+                wait_for(lambda: spool.active, "the refused writes never counted as an outage")
+                assert store.spooled() >= 1 and heard == []
+            finally:
+                admin.execute("ALTER SYSTEM RESET default_transaction_read_only")
+                admin.execute("SELECT pg_reload_conf()")
+        wait_replayed(store)
+        row = store.get_session(sid)
+        assert row is not None and [e.detail["i"] for e in row.events] == [0, 1, 2]
+        assert heard == [] and store.verify_audit().ok
+
+
+def test_a_journal_is_only_written_into_its_own_database(tmp_path: Path, pg_url: str) -> None:
+    """Journals are kept per database (its identity), so a store never replays another
+    database's journal into its own."""
+    server2 = PrivatePostgres()
+    server2.start()
+    try:
+        with RecordStore(pg_url, spool_dir=tmp_path) as a, \
+                RecordStore(server2.url, spool_dir=tmp_path) as b:
+            assert a._writes.spool is not None and b._writes.spool is not None
+            folder_a, folder_b = a._writes.spool.directory, b._writes.spool.directory
+        assert folder_a != folder_b and folder_a.parent == folder_b.parent == tmp_path
+        folder_a.mkdir(parents=True, exist_ok=True)
+        orphan = folder_a / "dead-process.jsonl"
+        orphan.write_text(json.dumps({"id": "x1", "op": "audit", "at": "2031-01-01",
+                                      "args": {"actor": "a", "action": "note", "subject": "s",
+                                               "detail": {}}}) + "\n")
+        with RecordStore(server2.url, spool_dir=tmp_path):
+            pass
+        assert orphan.exists()                     # not database B's to write
+        with RecordStore(pg_url, spool_dir=tmp_path) as a:
+            assert not orphan.exists()             # database A's store takes it over
+            assert a.verify_audit().ok
+    finally:
+        server2.close()

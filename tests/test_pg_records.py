@@ -75,6 +75,10 @@ def test_tampering_is_found_on_postgresql_too(pg_url: str) -> None:
         raw.execute("UPDATE sessions SET delivered_s = 600 WHERE id = %s", (sid,))
         with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
             raw.execute("DELETE FROM audit")
+        with pytest.raises(psycopg.errors.RestrictViolation, match="never deleted"):
+            raw.execute("TRUNCATE audit")          # row triggers do not see a TRUNCATE
+        with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
+            raw.execute("UPDATE audit_high SET seq = 1")  # hiding a cut tail
     with RecordStore(pg_url) as store:
         result = store.verify_audit()
         assert not result.ok and result.table == "sessions" and result.key == sid

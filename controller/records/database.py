@@ -225,13 +225,16 @@ class Database:
         self._write_hooks.append(hook)
 
     @contextmanager
-    def write(self, action: str, *, may_conflict: bool = False) -> Iterator[Connection]:
+    def write(self, action: str, *, may_conflict: bool = False,
+              notify: bool = True) -> Iterator[Connection]:
         """One write transaction under the write lock. A write inside another on the same
         thread joins it (the spool's replay wraps a record's write with its own bookkeeping).
         When the database fails it (not a refusal by modctl's own checks, nor a shared server
         out of reach: the spool's business), the failure listeners are told, outside the lock.
         `may_conflict`: the database's own rules (a double booking, a device registered twice
-        in another room meanwhile) may refuse this write: RecordsConflict, no listener told."""
+        in another room meanwhile) may refuse this write: RecordsConflict, no listener told.
+        `notify=False`: a background write whose failure is handled where it happens (the
+        journal's writer, a room's heartbeat) and must never end a running session."""
         depth = getattr(self._depth, "n", 0)
         if depth:
             self._depth.n = depth + 1
@@ -262,7 +265,7 @@ class Database:
         except RecordsError as exc:
             if may_conflict and isinstance(exc, RecordsConflict):
                 raise
-            if isinstance(exc.__cause__, (*self.backend.errors, OSError)) \
+            if notify and isinstance(exc.__cause__, (*self.backend.errors, OSError)) \
                     and not exc.unreachable:
                 self.notify(exc)
             raise
@@ -275,11 +278,23 @@ class Database:
         try:
             begin(conn)
         except self.backend.errors as exc:
+            self._abandon(conn)
             if not (self.backend.unreachable(exc) and self.backend.broken(conn)):
                 raise
             conn = self._connect()
-            begin(conn)
+            try:
+                begin(conn)
+            except self.backend.errors:
+                self._abandon(conn)
+                raise
         return conn
+
+    def _abandon(self, conn: Connection) -> None:
+        """Roll back a transaction a failed begin left open (PostgreSQL's BEGIN then a lock
+        wait that timed out): else the connection stays 'aborted' for good."""
+        if conn.in_transaction:
+            with suppress(*self.backend.errors):
+                conn.execute("ROLLBACK")
 
     @contextmanager
     def read(self, action: str) -> Iterator[Connection]:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import RowMaker
 from psycopg.types.string import StrDumper
 
@@ -24,6 +25,12 @@ from psycopg.types.string import StrDumper
 # records refusal (or the spool) quickly, not a hung session worker.
 CONNECT_TIMEOUT_S = 3
 # TCP keepalive: a server that vanished without closing the connection is noticed in seconds.
+# Data sent and not acknowledged for this long ends the connection (keepalives only cover an
+# idle one): a server that vanished mid-query becomes "out of reach", not a hang.
+TCP_USER_TIMEOUT_MS = 10_000
+# A write waits at most this long for the shared write lock (another room's writer stuck on a
+# vanished host holds it until the server notices): then "out of reach", and the journal waits.
+LOCK_TIMEOUT_MS = 10_000
 KEEPALIVE_IDLE_S = 5
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 2
@@ -99,6 +106,12 @@ def translate(sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None,
     return out, named if named else positional
 
 
+def _options(url: str) -> str:
+    """The URL's own server options (a search path, say) with modctl's lock timeout added."""
+    own = conninfo_to_dict(url).get("options") or ""
+    return f"{own} -c lock_timeout={LOCK_TIMEOUT_MS}".strip()
+
+
 class PgCursor:
     """The part of a sqlite3 cursor the records use: iteration and fetches."""
 
@@ -128,7 +141,8 @@ class PgConnection:
         self._conn: psycopg.Connection[Row] = psycopg.connect(
             url, autocommit=True, row_factory=_row_factory, connect_timeout=CONNECT_TIMEOUT_S,
             application_name="modctl", keepalives=1, keepalives_idle=KEEPALIVE_IDLE_S,
-            keepalives_interval=KEEPALIVE_INTERVAL_S, keepalives_count=KEEPALIVE_COUNT)
+            keepalives_interval=KEEPALIVE_INTERVAL_S, keepalives_count=KEEPALIVE_COUNT,
+            tcp_user_timeout=TCP_USER_TIMEOUT_MS, options=_options(url))
         # Text parameters are sent as `text` (psycopg's default leaves their type to the
         # server, which cannot tell it in `? IS NULL OR col = ?`).
         self._conn.adapters.register_dumper(str, StrDumper)

@@ -79,6 +79,9 @@ TABLES: tuple[str, ...] = (
     """CREATE TRIGGER audit_high_bump AFTER INSERT ON audit FOR EACH ROW
         EXECUTE FUNCTION audit_high_bump()""",
     _refuse("audit_high", "DELETE", "the audit trail is append-only"),
+    """CREATE TRIGGER audit_high_no_lower BEFORE UPDATE ON audit_high FOR EACH ROW
+        WHEN (NEW.seq < OLD.seq)
+        EXECUTE FUNCTION modctl_refuse('the audit trail is append-only')""",
     """CREATE TABLE devices (
         name TEXT PRIMARY KEY, profile TEXT NOT NULL, port TEXT NOT NULL, serial TEXT,
         registered_by TEXT NOT NULL, registered_at TEXT NOT NULL,
@@ -179,7 +182,22 @@ ROOM_TABLES: tuple[str, ...] = (
         entry TEXT PRIMARY KEY, replayed_at TEXT NOT NULL)""",
 )
 
+# TRUNCATE skips row triggers: refused on every table whose rows are never deleted.
+NO_TRUNCATE: tuple[str, ...] = tuple(
+    f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} FOR EACH STATEMENT "
+    "EXECUTE FUNCTION modctl_refuse('the records are never deleted')"
+    for table in ("audit", "audit_high", "sessions", "events", "samples", "devices",
+                  "bookings", "booking_devices", "calibrations", "users", "session_notes"))
+
+# Which database this is, whatever URL reached it: a room's local journal is kept per database,
+# so a journal is only ever written into the database it was written for.
+IDENTITY: tuple[str, ...] = (
+    "CREATE TABLE database_identity (id TEXT NOT NULL)",
+    "INSERT INTO database_identity VALUES (gen_random_uuid()::text)",
+    _refuse("database_identity", "UPDATE", "the database identity never changes"),
+)
+
 PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (*COMPAT_FUNCTIONS, *TABLES, *ROOM_TABLES),
+    (*COMPAT_FUNCTIONS, *TABLES, *NO_TRUNCATE, *ROOM_TABLES, *IDENTITY),
     (), (), (), (), (),
 )

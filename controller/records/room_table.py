@@ -93,7 +93,7 @@ class RoomTable:
         when the database cannot be written: the caller logs it, sessions go on."""
         text = json.dumps(activity, separators=(",", ":"), sort_keys=True)
         now = now_iso()
-        with self._db.write(f"write room '{name}''s heartbeat") as conn:
+        with self._db.write(f"write room '{name}''s heartbeat", notify=False) as conn:
             conn.execute(_UPSERT, (name, host, pid, url, now, now, text))
 
     def claim(self, name: str, host: str, pid: int, url: str,
@@ -130,7 +130,7 @@ class RoomTable:
     def leave(self, name: str, host: str, pid: int) -> bool:
         """A clean shutdown: delete the room's row if this process (host and pid) still
         holds it (a newer service of the room keeps its own). Whether a row was deleted."""
-        with self._db.write(f"leave room '{name}'") as conn:
+        with self._db.write(f"leave room '{name}'", notify=False) as conn:
             held = conn.execute("SELECT host, pid FROM rooms WHERE name = ?",
                                 (name,)).fetchone()
             if held is None or (held["host"], int(held["pid"])) != (host, pid):

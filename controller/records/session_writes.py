@@ -29,11 +29,18 @@ class SessionWrites:
         self._samples = samples
         self.spool: Spool | None = None
         if db.shared:
-            self.spool = Spool(db, spool_dir or default_spool_dir(), self._apply)
+            # One folder per database (its identity, not the URL that reached it): a journal
+            # is only ever written into the database it was written for.
+            with db.read("read the database's identity") as conn:
+                identity = str(conn.execute("SELECT id FROM database_identity").fetchone()[0])
+            self.spool = Spool(db, (spool_dir or default_spool_dir()) / identity, self._apply)
             self.spool.adopt_orphans()
 
     def waiting(self) -> int:
         return 0 if self.spool is None else self.spool.waiting()
+
+    def out_of_reach(self) -> bool:
+        return self.spool is not None and self.spool.active
 
     def refuse_while_spooling(self) -> None:
         """New sessions wait while records go to the spool."""
@@ -135,12 +142,13 @@ class SessionWrites:
             self._samples.write_batch([(s[0], s[1], s[2], s[3], s[4]) for s in a["rows"]])
         elif op == "event":
             self._sessions.add_event(a["session_id"], a["kind"], a["detail"], a["t_s"],
-                                     a["delivered_s"], a["dose"])
+                                     a["delivered_s"], a["dose"], drain=False)
         elif op == "identity":
             self._sessions.set_identity(a["session_id"], a["identity"])
         elif op == "close":
             self._sessions.close(a["session_id"], a["outcome"], a["reason"], a["stop_source"],
-                                 a["delivered_s"], a["dose"], a["device_elapsed_s"])
+                                 a["delivered_s"], a["dose"], a["device_elapsed_s"],
+                                 drain=False)
         elif op == "audit":
             self._db.audit(a["actor"], a["action"], a["subject"], a["detail"])
         else:

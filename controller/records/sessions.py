@@ -134,10 +134,12 @@ class SessionLog:
 
     def close(self, session_id: str, outcome: str, reason: str, stop_source: str | None,
               delivered_s: float, dose: Mapping[str, Any] | None,
-              device_elapsed_s: float | None) -> None:
+              device_elapsed_s: float | None, *, drain: bool = True) -> None:
+        """`drain=False`: leave the telemetry buffer alone (a journaled close: the journal
+        carries its own samples, and the buffer's are not covered by its ledger)."""
         with self._db.write("close a session") as conn:
             entry_id = next_audit_id(conn)
-            refs = self._telemetry.drain(conn, entry_id)
+            refs = self._telemetry.drain(conn, entry_id) if drain else []
             row = self._open_row(conn, session_id)
             conn.execute(
                 "UPDATE sessions SET status = 'closed', outcome = ?, reason = ?,"
@@ -201,13 +203,13 @@ class SessionLog:
 
     def add_event(self, session_id: str, kind: str, detail: Mapping[str, Any] | None,
                   t_s: float | None, delivered_s: float | None,
-                  dose: Mapping[str, Any] | None) -> int:
+                  dose: Mapping[str, Any] | None, *, drain: bool = True) -> int:
         if kind not in EVENT_KINDS:
             raise ValueError(f"event kind {kind!r} is not one of {', '.join(EVENT_KINDS)}")
         t = self.offset(session_id, t_s)
         with self._db.write("record an event") as conn:
             entry_id = next_audit_id(conn)
-            refs = self._telemetry.drain(conn, entry_id)
+            refs = self._telemetry.drain(conn, entry_id) if drain else []
             seq = _insert_event(conn, session_id, t, kind, detail or {}, delivered_s,
                                 None if dose is None else _dumps(dose))
             refs.append(integrity.event_ref(conn, session_id, seq))

@@ -58,6 +58,8 @@ CLOSE_WAIT_S = 10.0
 SETTLE_WAIT_S = 5.0
 # The file is emptied when everything in it is written and it has grown past this.
 TRUNCATE_BYTES = 1 << 20
+# How often the writer makes sure the store's owner lock is still held (seconds).
+OWNER_CHECK_S = 5.0
 
 _log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ class Spool:
         self._file: IO[str] | None = None
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._owner_checked = time.monotonic()
         self.replayed: list[dict[str, Any]] = []
         """What each replay after an outage did (for logs and tests)."""
 
@@ -120,11 +123,7 @@ class Spool:
         with self._cond:
             try:
                 if self._file is None:
-                    self.directory.mkdir(parents=True, exist_ok=True)
-                    self._file = self.path.open("a", encoding="utf-8")
-                    if fcntl is not None:
-                        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    _fsync_dir(self.directory)
+                    self._file = _open_locked(self.directory, self.path)
                 self._file.write(line)
                 self._file.flush()
                 os.fsync(self._file.fileno())
@@ -159,14 +158,34 @@ class Spool:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._done == len(self._entries) and not self._stop:
-                    self._cond.wait()
-                if self._stop and self._done == len(self._entries):
+                if self._done == len(self._entries) and not self._stop:
+                    self._cond.wait(OWNER_CHECK_S)
+                idle = self._done == len(self._entries)
+                if self._stop and idle:
                     return
+            self._keep_owner_lock()  # never under `_cond`: it may wait on the network
+            if idle:
+                continue
             if not self.replay():
                 with self._cond:  # out of reach: try again later (or stop)
                     if self._cond.wait_for(lambda: self._stop, RETRY_S):
                         return
+
+    def _keep_owner_lock(self) -> None:
+        """Every `OWNER_CHECK_S`: the owner lock's own connection may have ended alone (an
+        idle-session timeout, an administrator), and another room would then mark this
+        store's running sessions interrupted. Take it again."""
+        now = time.monotonic()
+        if now - self._owner_checked < OWNER_CHECK_S:
+            return
+        self._owner_checked = now
+        reclaim = getattr(self._db.backend, "reclaim", None)
+        if reclaim is not None:
+            try:
+                with self._db.guard("hold its owner lock"):
+                    reclaim()
+            except RecordsError as exc:
+                _log.info("owner lock not taken again yet: %s", exc)
 
     def replay(self) -> bool:
         """Write what waits, in order; True when nothing waits. Never raises: a server out of
@@ -179,10 +198,11 @@ class Spool:
             try:
                 self._write(entry)
             except RecordsError as exc:
-                if exc.unreachable:
+                # Written whole into the audit trail, or tried again later: an entry is only
+                # done once the database has committed it in one form or the other.
+                if exc.unreachable or not self._unreplayable(entry, exc):
                     self._out_of_reach(exc)
                     return False
-                self._unreplayable(entry, exc)
             with self._cond:
                 self._done += 1
                 if self._outage is not None:
@@ -192,7 +212,7 @@ class Spool:
         return True
 
     def _write(self, entry: Mapping[str, Any]) -> None:
-        with self._db.write("write the spooled records") as conn:
+        with self._db.write("write the spooled records", notify=False) as conn:
             new = conn.execute("INSERT INTO spool_replayed VALUES (?, ?) ON CONFLICT DO NOTHING"
                                " RETURNING entry", (entry["id"], now_iso())).fetchone()
             if new is not None:
@@ -207,15 +227,26 @@ class Spool:
             _log.warning("%s; the session's records are kept in the local spool %s and "
                          "written when it is back", exc, self.path)
 
-    def _unreplayable(self, entry: Mapping[str, Any], exc: RecordsError) -> None:
+    def _unreplayable(self, entry: Mapping[str, Any], exc: RecordsError) -> bool:
+        """Keep an entry the database refuses (its session was interrupted by another room
+        meanwhile) whole in the audit trail; False when that cannot be written either (the
+        server refuses writes: read-only after a failover, a lock wait timed out), and the
+        entry waits in the file for the next try."""
+        try:
+            with self._db.write("keep an unreplayable spooled record", notify=False) as conn:
+                new = conn.execute("INSERT INTO spool_replayed VALUES (?, ?) ON CONFLICT DO "
+                                   "NOTHING RETURNING entry",
+                                   (entry["id"], now_iso())).fetchone()
+                if new is not None:
+                    append_audit(conn, SYSTEM_ACTOR, "records.spool_unreplayed",
+                                 str(entry["id"]), {"entry": dict(entry), "error": str(exc)})
+        except RecordsError as again:
+            _log.warning("spooled record %s not written (%s), nor kept in the audit trail "
+                         "(%s): it waits in %s", entry["id"], exc, again, self.path)
+            return False
         _log.error("spooled record %s could not be written (%s): kept whole in the audit "
                    "trail", entry["id"], exc)
-        try:
-            with self._db.write("keep an unreplayable spooled record") as conn:
-                append_audit(conn, SYSTEM_ACTOR, "records.spool_unreplayed", str(entry["id"]),
-                             {"entry": dict(entry), "error": str(exc)})
-        except RecordsError as again:  # pragma: no cover - the file keeps it
-            _log.error("and it could not be audited (%s); it stays in %s", again, self.path)
+        return True
 
     def _caught_up(self) -> None:
         """Everything is written: after an outage, verify and audit the replay; empty a
@@ -225,7 +256,7 @@ class Spool:
         if outage is not None:
             try:
                 verified = self._db.verify_chain()
-                with self._db.write("audit the spool replay") as conn:
+                with self._db.write("audit the spool replay", notify=False) as conn:
                     append_audit(conn, SYSTEM_ACTOR, "records.spool_replayed", self.path.name,
                                  {"entries": count, "verified": verified})
             except RecordsError as exc:
@@ -309,6 +340,34 @@ def _entries(text: str, path: Path) -> list[dict[str, Any]]:
             _log.warning("spool %s line %d is cut short (a crash while writing it); skipped",
                          path, number)
     return out
+
+
+def _open_locked(directory: Path, path: Path) -> IO[str]:
+    """This store's journal, opened for appending and locked while the store lives (another
+    store adopts only journals nobody holds). It is made under a temporary name and renamed
+    once locked, so no other store can find it unlocked."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        handle = path.open("a", encoding="utf-8")
+    else:
+        temporary = path.with_suffix(".new")
+        handle = temporary.open("a", encoding="utf-8")
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            temporary.rename(path)
+        except OSError:
+            handle.close()
+            raise
+        _fsync_dir(directory)
+        return handle
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise
+    return handle
 
 
 def _fsync_dir(directory: Path) -> None:

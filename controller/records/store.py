@@ -106,14 +106,16 @@ class RecordStore:
         # fault, as ever.
         self._writes = SessionWrites(self._db, self._sessions, self._samples, spool_dir)
 
-    @property
-    def shared(self) -> bool:
-        """Whether several rooms may share this database (PostgreSQL)."""
-        return self._db.shared
+    shared = property(lambda self: self._db.shared,
+                      doc="Whether several rooms may share this database (PostgreSQL).")
 
     def spooled(self) -> int:
-        """How many writes wait in the local spool for the database to come back."""
+        """How many writes wait in the local journal to be written to the database."""
         return self._writes.waiting()
+
+    def out_of_reach(self) -> bool:
+        """Whether a shared database is out of reach with writes waiting in the journal."""
+        return self._writes.out_of_reach()
 
     # -- connections and transactions (the hooks tests use to reach the file) --------------
 
@@ -136,11 +138,9 @@ class RecordStore:
         self._db.remove_failure_listener(callback)
 
     def close(self) -> None:
-        """Flush telemetry and close. Sessions still open stay open (as after a crash).
-
-        A flush that fails here (the disk is still full) is said on the log with the
-        number of samples it could not keep; it does not raise, so the session's own
-        outcome and exit status (a records fault) are what the caller reports."""
+        """Flush telemetry and close. Sessions still open stay open (as after a crash). A
+        flush that fails here (the disk is still full) is logged with the number of samples
+        it could not keep, not raised: the session's own outcome is what the caller reports."""
         if self._db.closed:
             return
         try:

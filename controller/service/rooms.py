@@ -187,7 +187,7 @@ class Heartbeat:
 
     def beat(self) -> bool:
         """Write the row once; False (logged once per outage) when the database refused."""
-        if self.ctx.store.spooled():
+        if self.ctx.store.out_of_reach():
             # The records go to the local spool: the database is out of reach and the
             # spool's own thread is probing it; no heartbeat connects meanwhile.
             return self._failed("the records database is out of reach (records are spooled)")
