@@ -31,6 +31,8 @@ def test_a_url_is_a_shared_database_and_its_password_never_shows() -> None:
     assert isinstance(url, PgUrl)
     assert str(url) == f"{url}" == "postgresql://clinic@db.example:5432/modctl"
     assert "s3cret" not in repr(url) and "s3cret" in url.raw
+    query = as_target("postgresql://clinic@db/modctl?sslmode=require&password=s3cret")
+    assert str(query) == "postgresql://clinic@db/modctl?sslmode=require"
 
 
 def test_a_url_that_went_through_path_is_still_a_url() -> None:

@@ -21,16 +21,18 @@ class PgUrl(str):
 
     @property
     def shown(self) -> str:
-        """The URL without its password, for messages and logs."""
+        """The URL without its password (in the user part or a `password=` parameter), for
+        messages and logs."""
         parts = urlsplit(self.raw)
-        if parts.password is None:
+        query = "&".join(p for p in parts.query.split("&")
+                         if not p.lower().startswith("password="))
+        if parts.password is None and query == parts.query:
             return self.raw
         host = parts.hostname or ""
         if parts.port:
             host += f":{parts.port}"
         user = f"{parts.username}@" if parts.username else ""
-        return urlunsplit((parts.scheme, user + host, parts.path, parts.query,
-                           parts.fragment))
+        return urlunsplit((parts.scheme, user + host, parts.path, query, parts.fragment))
 
     @property
     def raw(self) -> str:
