@@ -47,5 +47,7 @@ def test_a_stop_request_reaches_a_slow_device_within_one_reply(room: Room, path:
     late = off[0].t - sent
     bound = OPERATOR_STOP_S + 2 * SLOW_REPLY_MS["us-300"] / 1000 + REQUEST_S
     assert late < bound, f"{late:.3f} s"
+    # The stop answered 202 (posted) or 200 (confirmed): wait for the session's end.
+    assert wait_for(lambda: "stop_confirmed" in alice.ok("GET", f"/api/sessions/{sid}"), 5)
     report = alice.ok("GET", f"/api/sessions/{sid}")
     assert report["stop_confirmed"] is True and report["stop_source"] == "operator"
