@@ -42,10 +42,6 @@ class PgBackend:
         self._lock_guard = threading.Lock()
         self._held: str | None = None
 
-    @property
-    def where(self) -> str:
-        return url_shown(self.url)
-
     def exists(self) -> bool:
         return True
 
@@ -130,6 +126,3 @@ class PgBackend:
                     self._lock_conn.close()
             self._lock_conn, self._held = None, None
 
-
-def url_shown(url: PgUrl) -> str:
-    return url.shown

@@ -42,6 +42,7 @@ from controller.records.database import (
     append_audit,
     now_iso,
 )
+from controller.records.sql import Connection
 
 try:
     import fcntl
@@ -179,13 +180,11 @@ class Spool:
         if now - self._owner_checked < OWNER_CHECK_S:
             return
         self._owner_checked = now
-        reclaim = getattr(self._db.backend, "reclaim", None)
-        if reclaim is not None:
-            try:
-                with self._db.guard("hold its owner lock"):
-                    reclaim()
-            except RecordsError as exc:
-                _log.info("owner lock not taken again yet: %s", exc)
+        try:
+            with self._db.guard("hold its owner lock"):
+                self._db.backend.reclaim()
+        except RecordsError as exc:
+            _log.info("owner lock not taken again yet: %s", exc)
 
     def replay(self) -> bool:
         """Write what waits, in order; True when nothing waits. Never raises: a server out of
@@ -213,9 +212,7 @@ class Spool:
 
     def _write(self, entry: Mapping[str, Any]) -> None:
         with self._db.write("write the spooled records", notify=False) as conn:
-            new = conn.execute("INSERT INTO spool_replayed VALUES (?, ?) ON CONFLICT DO NOTHING"
-                               " RETURNING entry", (entry["id"], now_iso())).fetchone()
-            if new is not None:
+            if _first_time(conn, entry):
                 self._apply(str(entry["op"]), entry["args"])
 
     def _out_of_reach(self, exc: RecordsError) -> None:
@@ -234,10 +231,7 @@ class Spool:
         entry waits in the file for the next try."""
         try:
             with self._db.write("keep an unreplayable spooled record", notify=False) as conn:
-                new = conn.execute("INSERT INTO spool_replayed VALUES (?, ?) ON CONFLICT DO "
-                                   "NOTHING RETURNING entry",
-                                   (entry["id"], now_iso())).fetchone()
-                if new is not None:
+                if _first_time(conn, entry):
                     append_audit(conn, SYSTEM_ACTOR, "records.spool_unreplayed",
                                  str(entry["id"]), {"entry": dict(entry), "error": str(exc)})
         except RecordsError as again:
@@ -325,6 +319,13 @@ class Spool:
             if self._done < len(self._entries):  # the server is out of reach: keep trying
                 self._ensure_writer()
         return adopted
+
+
+def _first_time(conn: Connection, entry: Mapping[str, Any]) -> bool:
+    """Record the entry's id in the ledger, in the caller's transaction: False when an
+    earlier try already committed it (a commit whose answer was lost, an adopted journal)."""
+    return conn.execute("INSERT INTO spool_replayed VALUES (?, ?) ON CONFLICT DO NOTHING"
+                        " RETURNING entry", (entry["id"], now_iso())).fetchone() is not None
 
 
 def _entries(text: str, path: Path) -> list[dict[str, Any]]:

@@ -50,10 +50,6 @@ class SqliteBackend:
         self.path = path
         self._owner_file: IO[str] | None = None
 
-    @property
-    def where(self) -> str:
-        return str(self.path)
-
     def exists(self) -> bool:
         return self.path.exists()
 
@@ -122,6 +118,9 @@ class SqliteBackend:
                 return True
             path.unlink(missing_ok=True)  # its owner is gone: tidy up
             return False
+
+    def reclaim(self) -> None:
+        """An flock is never lost while the process lives: nothing to take again."""
 
     def release(self) -> None:
         if self._owner_file is not None:
