@@ -17,8 +17,11 @@ export const user = {
 
 function setupSound(sound) {
   const button = document.getElementById("sound-unlock");
+  // Shown and hidden in place (its space kept): the sticky top never changes height, so a
+  // click (a Stop, a Confirm) is never moved off its button by this prompt coming or going,
+  // as happened when the press that unlocked the audio also hid the prompt mid-click.
   const show = () => {
-    button.hidden = sound.running();
+    button.classList.toggle("quiet-off", sound.running());
   };
   sound.onBlocked = show;
   sound.onState = show;
